@@ -1,0 +1,91 @@
+"""Defaults shared by every DDPM config (SPEC section 4: SSB / score_sde numbers).
+
+A dataset file imports ``get_default_configs()`` and changes only what differs.
+Every field can be overridden on the command line, e.g. ``--config.sampling.method=ddim``.
+"""
+import ml_collections
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+  config.device = 'auto'  # 'auto' (CUDA when present), 'cuda' or 'cpu'
+
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128
+  training.n_iters = 1_300_001
+  training.log_freq = 50
+  training.eval_freq = 100
+  training.snapshot_freq = 50_000
+  training.snapshot_freq_for_preemption = 10_000  # checkpoints-meta/checkpoint.pth
+  training.snapshot_sampling = True  # PNG sample grid at each snapshot
+  training.snapshot_num_samples = 64
+  training.snapshot_sampler = 'ddim'  # sampler for the snapshot grid (EMA weights)
+  training.snapshot_num_steps = 100
+  training.num_workers = 2
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'CIFAR10'
+  data.root = 'data'  # local folder holding the raw files; nothing is ever downloaded
+  data.image_size = 32
+  data.num_channels = 3
+  data.centered = True  # scale to [-1, 1]
+  data.random_flip = True
+  data.uniform_dequantization = False
+  data.num_train = 0  # use only the first n training images (0 = all); for memorization studies
+  data.eval_split = 'test'
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = 'ddpm'
+  model.variant = 'ssb'  # 'ssb' (the paper's checkpoints) or 'score_sde'
+  model.nf = 128
+  model.ch_mult = (1, 2, 2, 2)
+  model.num_res_blocks = 2
+  model.attn_resolutions = (16,)
+  model.dropout = 0.1
+  model.resamp_with_conv = True
+  model.conditional = True
+  model.nonlinearity = 'swish'
+  model.normalization = 'GroupNorm'
+  model.scale_by_sigma = False
+  model.ema_rate = 0.9999
+  model.num_scales = 1000  # T
+  model.beta_min = 0.1
+  model.beta_max = 20.0
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = 'Adam'
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.beta2 = 0.999
+  optim.eps = 1e-8
+  optim.weight_decay = 0.0
+  optim.warmup = 5000
+  optim.grad_clip = 1.0
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.method = 'ddim'  # ddpm | ddim | pndm
+  sampling.num_steps = 10  # n; ddpm with num_steps = t_start + 1 is the full ancestral chain
+  sampling.grid = 'late_start'  # late_start (linspace(0, t_c, n)) | uniform | quad
+  sampling.init = 'normal'  # normal | gls
+  sampling.t_start = 999  # t_c, in [0, T-1]
+  sampling.eta = -1.0  # DDIM eta; -1 = the method's own (ddim 0, fast ddpm 1)
+  sampling.pndm_variant = 'f-pndm'  # f-pndm (Runge-Kutta warm-up) | s-pndm (PLMS, no RK)
+  sampling.gls_fit = 'exact'  # exact (streamed moments) | monte_carlo (the paper's fit)
+  sampling.gls_rank = 0  # 0 = full covariance; r > 0 = rank-r plus diagonal
+  sampling.gls_dtype = 'float64'  # float64 | float32
+  sampling.num_samples = 64
+  sampling.batch_size = 500
+  sampling.checkpoint = -1  # snapshot index to load; -1 = newest
+  sampling.stats_dir = 'assets/stats'
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.batch_size = 500
+  evaluate.num_samples = 50_000
+  evaluate.methods = ('ddpm', 'ddim', 'pndm')
+  evaluate.num_steps = (3, 5, 10)
+  evaluate.t_starts = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+  evaluate.grid = 'late_start'
+  evaluate.inception_path = ''  # optional pt_inception-2015-12-05-6726825d.pth
+  evaluate.kid_subset_size = 1000
+  return config

@@ -1,0 +1,82 @@
+"""Checks a resolved config before any work starts; every error names the offending field."""
+
+DATASETS = ('MNIST', 'CIFAR10', 'CELEBA', 'IMAGENET64', 'DIGITS', 'MNIST5K', 'MOLRG')
+MODELS = ('ddpm',)
+VARIANTS = ('ssb', 'score_sde')
+METHODS = ('ddpm', 'ddim', 'pndm')
+INITS = ('normal', 'gls')
+GRIDS = ('late_start', 'uniform', 'quad')
+PNDM_VARIANTS = ('f-pndm', 's-pndm')
+GLS_FITS = ('exact', 'monte_carlo')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and what to do."""
+
+
+def _require(ok, field, value, why):
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r} is invalid: {why}')
+
+
+def _choice(config, field, choices, upper=False):
+  section, name = field.split('.')
+  value = config[section][name]
+  key = value.upper() if upper and isinstance(value, str) else value
+  _require(key in choices, field, value, f'choose one of {", ".join(choices)}')
+
+
+def _positive(config, field):
+  section, name = field.split('.')
+  value = config[section][name]
+  _require(value > 0, field, value, 'must be > 0')
+
+
+def validate_config(config):
+  """Raises ConfigError for an unknown dataset/model/method or an impossible value."""
+  _choice(config, 'data.dataset', DATASETS, upper=True)
+  _choice(config, 'model.name', MODELS)
+  _choice(config, 'model.variant', VARIANTS)
+  _choice(config, 'model.nonlinearity', ('swish', 'silu'))
+  _choice(config, 'model.normalization', ('GroupNorm',))
+  for field in ('training.batch_size', 'training.n_iters', 'training.log_freq', 'training.eval_freq',
+                'training.snapshot_freq', 'training.snapshot_freq_for_preemption', 'data.image_size',
+                'data.num_channels', 'model.nf', 'model.num_res_blocks', 'model.num_scales',
+                'optim.lr', 'sampling.num_samples', 'sampling.batch_size', 'eval.batch_size',
+                'eval.num_samples'):
+    _positive(config, field)
+  levels = len(config.model.ch_mult)
+  _require(levels >= 1, 'model.ch_mult', config.model.ch_mult, 'needs at least one level')
+  factor = 2 ** (levels - 1)
+  _require(config.data.image_size % factor == 0, 'data.image_size', config.data.image_size,
+           f'must be divisible by 2**(len(model.ch_mult)-1) = {factor} (the U-Net downsamples '
+           f'{levels - 1} times); change data.image_size or model.ch_mult')
+  _require(config.model.nf % 32 == 0, 'model.nf', config.model.nf,
+           'must be a multiple of 32 (GroupNorm uses 32 groups)')
+  _require(0.0 <= config.model.dropout < 1.0, 'model.dropout', config.model.dropout, 'must be in [0, 1)')
+  _require(0.0 <= config.model.ema_rate < 1.0, 'model.ema_rate', config.model.ema_rate, 'must be in [0, 1)')
+  _require(0 < config.model.beta_min < config.model.beta_max, 'model.beta_min', config.model.beta_min,
+           'need 0 < beta_min < beta_max')
+  _require(config.optim.warmup >= 0, 'optim.warmup', config.optim.warmup, 'must be >= 0')
+  _validate_sampling(config)
+
+
+def _validate_sampling(config):
+  s, T = config.sampling, config.model.num_scales
+  _choice(config, 'sampling.method', METHODS)
+  _choice(config, 'sampling.init', INITS)
+  _choice(config, 'sampling.grid', GRIDS)
+  _choice(config, 'sampling.pndm_variant', PNDM_VARIANTS)
+  _choice(config, 'sampling.gls_fit', GLS_FITS)
+  _choice(config, 'sampling.gls_dtype', ('float32', 'float64'))
+  _require(0 <= s.t_start <= T - 1, 'sampling.t_start', s.t_start, f'must be in [0, {T - 1}] (T = {T})')
+  _require(s.num_steps >= 1, 'sampling.num_steps', s.num_steps, 'must be >= 1')
+  _require(s.num_steps <= s.t_start + 1, 'sampling.num_steps', s.num_steps,
+           f'cannot exceed t_start + 1 = {s.t_start + 1} distinct timesteps')
+  _require(s.gls_rank >= 0, 'sampling.gls_rank', s.gls_rank, 'must be >= 0 (0 = full covariance)')
+  for m in config.eval.methods:
+    _require(m in METHODS, 'eval.methods', tuple(config.eval.methods), f'{m!r} is not one of {METHODS}')
+  for n in config.eval.num_steps:
+    _require(n >= 1, 'eval.num_steps', tuple(config.eval.num_steps), 'every n must be >= 1')
+  for t in config.eval.t_starts:
+    _require(0 <= t <= T - 1, 'eval.t_starts', tuple(config.eval.t_starts), f'every t_c must be in [0, {T - 1}]')
