@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 from ml_collections.config_flags import config_flags
 
-MODES = {
+MODE_HELP = {
     'train': 'train the DDPM (resumes from the newest checkpoint in --workdir)',
     'sample': 'draw config.sampling.num_samples with the configured sampler/init/t_start; writes .npz + PNG grid',
     'gauss_stats': 'stream the training data once and write the late-start moments file',
@@ -29,12 +29,14 @@ MODES = {
     'jacobian_rank': 'Jacobian rank of the denoiser along a sampling trajectory',
 }
 
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (ml_collections), e.g. configs/ddpm/digits.py. '
                                 'Override fields with --config.<section>.<field>=<value>.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, samples, TensorBoard logs, results.')
-flags.DEFINE_enum('mode', 'train', list(MODES), 'What to run:\n' +
-                  '\n'.join(f'  {k}: {v}' for k, v in MODES.items()))
+flags.DEFINE_enum('mode', 'train', list(MODE_HELP), 'What to run:\n' +
+                  '\n'.join(f'  {k}: {v}' for k, v in MODE_HELP.items()))
 flags.DEFINE_string('sample_out', None, '--mode=sample: output .npz path (default: a name under '
                     '<workdir>/samples/ that encodes the settings).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -44,12 +46,29 @@ def main(argv):
   del argv
   import run_lib  # imported here so that --help stays fast
   logging.getLogger().setLevel(logging.INFO)
-  handler = getattr(run_lib, FLAGS.mode, None)
+  handler = run_lib.MODES.get(FLAGS.mode)
   if handler is None:
     sys.exit(f'--mode={FLAGS.mode} is not implemented yet in this version.')
   kwargs = {'sample_out': FLAGS.sample_out} if FLAGS.mode == 'sample' else {}
-  handler(FLAGS.config, FLAGS.workdir, **kwargs)
+  try:
+    handler(FLAGS.config, FLAGS.workdir, **kwargs)
+  except USER_ERRORS as err:  # bad input: one clear line, no traceback
+    sys.exit(f'error: {type(err).__name__}: {err}')
+
+
+def _check_overrides(argv):
+  """Fails early, with the list of known fields, on a misspelt --config.<field> override."""
+  from configs.validation import ConfigError, check_override_fields, load_config_file
+  paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+  paths += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == '--config']
+  if not paths or not any(a.startswith('--config.') for a in argv):
+    return
+  try:
+    check_override_fields(load_config_file(paths[-1]), argv)
+  except ConfigError as err:
+    sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':
+  _check_overrides(sys.argv)
   app.run(main)

@@ -8,7 +8,7 @@ Workdir layout (score_sde's):
   tensorboard/                        loss, lr, grad norm, eval loss
 """
 import glob
-import json
+import importlib
 import logging
 import os
 
@@ -254,3 +254,157 @@ def snapshot_grid(config, workdir, model, ema, schedule, step, device):
                     tc.snapshot_num_samples, tc.snapshot_num_samples, DEFAULT_SAMPLE_SEED, device,
                     datasets.get_data_inverse_scaler(config), progress=False)
   return save_grid(images, os.path.join(workdir, 'samples', f'step_{step}.png'))
+
+
+def data_batches(config, split='train', batch_size=500, progress=True, desc='data'):
+  """Model-space batches (B, C, H, W) of a whole split, in order, without flips (one pass)."""
+  ds = datasets.get_dataset(config, split)
+  loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
+                                       num_workers=config.training.num_workers)
+  scaler = datasets.get_data_scaler(config)
+  for x, _ in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):
+    yield scaler(x)
+
+
+def load_ema_module(config, workdir, device):
+  """The U-Net with the EMA weights of the chosen checkpoint (config.sampling.checkpoint; -1 = newest), in eval
+  mode and usable under autograd / torch.func. Returns (model, step); a missing checkpoint says how to make one."""
+  model = mutils.create_model(config).to(device)
+  ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+  index = config.sampling.checkpoint
+  if index < 0:
+    if not checkpoint_candidates(workdir):
+      raise FileNotFoundError(f'no checkpoint in {os.path.abspath(workdir)}/checkpoints or checkpoints-meta: '
+                              'train first (--mode=train) or point --workdir at a trained run')
+    step = restore_latest(workdir, model, ema, device=device)
+  else:
+    path = os.path.join(workdir, 'checkpoints', f'checkpoint_{index}.pth')
+    if not os.path.exists(path):
+      found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(workdir, 'checkpoints', '*.pth')))
+      raise FileNotFoundError(f'checkpoint {path} does not exist (config.sampling.checkpoint={index}); '
+                              f'available: {found or "none"}')
+    step = mutils.load_checkpoint(path, model, ema, map_location=device)
+  ema.copy_to(model.parameters())
+  return model.eval(), step
+
+
+def load_ema_model(config, workdir, device):
+  """eps function (x, t) -> eps of the EMA weights of the chosen checkpoint; returns (eps_fn, step)."""
+  model, step = load_ema_module(config, workdir, device)
+  return mutils.ema_eps_fn(model), step
+
+
+def late_start_moments(config):
+  """Data mean and covariance for the Gaussian late start, in model space.
+
+  Reads config.sampling.moments_file if set (missing = error); otherwise the stats_dir default, which is
+  computed with one streaming pass over the training split on first use and cached.
+  """
+  from samplers import initialisers
+  d = config.data
+  path = config.sampling.moments_file or initialisers.moments_path(config.sampling.stats_dir, d.dataset, d.image_size)
+  if config.sampling.moments_file or os.path.exists(path):
+    return initialisers.load_moments(path, d.dataset, d.image_size, d.num_channels)
+  logging.info('late-start moments not found at %s: computing them (one pass over the training split)', path)
+  moments = initialisers.compute_data_moments(data_batches(config, desc='late-start moments'))
+  initialisers.save_moments(path, moments, d.dataset, d.image_size, d.num_channels)
+  return moments
+
+
+def build_initialiser(config, schedule, t_start, init=None, moments=None):
+  """StandardNormal at t_start, or the Gaussian late start fitted to the data (config.sampling.gls_*)."""
+  from samplers import initialisers
+  init = init or config.sampling.init
+  shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
+  if init == 'normal':
+    return initialisers.StandardNormal(shape, t_start)
+  s = config.sampling
+  dtype = torch.float32 if s.gls_dtype == 'float32' else torch.float64
+  if s.gls_fit == 'monte_carlo':  # the paper's fit: one noised copy of each image at t_start, then np.cov
+    gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, t_start))
+    fit = initialisers.monte_carlo_moments(data_batches(config, desc='monte-carlo fit'), schedule, t_start, gen)
+    return initialisers.GaussianLateStart.from_noised_moments(t_start, fit['mean'], fit['cov'], shape, dtype=dtype)
+  moments = moments if moments is not None else late_start_moments(config)
+  return initialisers.GaussianLateStart.from_moments(schedule, t_start, moments['mean'], moments['cov'], shape,
+                                                     rank=s.gls_rank, dtype=dtype)
+
+
+def default_sample_path(config, workdir):
+  s = config.sampling
+  return os.path.join(workdir, 'samples', f'{s.method}_n{s.num_steps}_{s.grid}_{s.init}_tc{s.t_start}'
+                      f'_N{s.num_samples}_seed{config.seed}.npz')
+
+
+def save_npz_atomic(path, **arrays):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def sample(config, workdir, sample_out=None):
+  """--mode=sample: draws config.sampling.num_samples; writes samples.npz (float32 [0,1] NCHW) and a PNG grid."""
+  from samplers import nfe
+  validate_config(config)
+  s, device = config.sampling, get_device(config)
+  schedule = sde_lib.DDPMSchedule.from_config(config)
+  timesteps = sample_timesteps(config, s.method, s.num_steps, s.t_start)  # bad grids fail here, before any work
+  initialiser = build_initialiser(config, schedule, s.t_start)
+  eps_fn, step = load_ema_model(config, workdir, device)
+  options = sampler_options(s.method, s)
+  images = generate(eps_fn, schedule, s.method, timesteps, initialiser, s.num_samples, s.batch_size, config.seed,
+                    device, datasets.get_data_inverse_scaler(config), options)
+  path = sample_out or default_sample_path(config, workdir)
+  save_npz_atomic(path, samples=images, timesteps=np.asarray(timesteps), step=step,
+                  nfe=nfe(s.method, len(timesteps), **options))
+  save_grid(images, os.path.splitext(path)[0] + '.png')
+  logging.info('wrote %d samples to %s (%s, n=%d, NFE=%d, grid %s %s, init %s, checkpoint step %d)', len(images),
+               path, s.method, len(timesteps), nfe(s.method, len(timesteps), **options), s.grid,
+               list(np.asarray(timesteps)), s.init, step)
+  return path
+
+
+def gauss_stats(config, workdir):
+  """--mode=gauss_stats: (re)computes the late-start moments file of the training split."""
+  from samplers import initialisers
+  d = config.data
+  path = config.sampling.moments_file or initialisers.moments_path(config.sampling.stats_dir, d.dataset, d.image_size)
+  moments = initialisers.compute_data_moments(data_batches(config, desc='late-start moments'))
+  initialisers.save_moments(path, moments, d.dataset, d.image_size, d.num_channels)
+  logging.info('wrote late-start moments of %d images to %s', moments['count'], path)
+  return path
+
+
+# ------------------------------------------------------------------------------------------ modes
+def run_all(config, workdir):
+  """--mode=all, the main job: train, then fid_stats (if missing), then the eval sweep; prints the table."""
+  import eval_lib
+  train(config, workdir)
+  if not os.path.exists(eval_lib.fid_stats_path(config)):
+    eval_lib.fid_stats(config, workdir)
+  return eval_lib.evaluate(config, workdir)
+
+
+def _lazy(module, name):
+  """A mode implemented in another module, imported on use (keeps start-up and --help fast)."""
+  def call(config, workdir, **kwargs):
+    return getattr(importlib.import_module(module), name)(config, workdir, **kwargs)
+  call.__name__ = name
+  return call
+
+
+# --mode=<key> -> function(config, workdir, **kwargs); main.py dispatches through this dict.
+MODES = {
+    'train': train,
+    'sample': sample,
+    'gauss_stats': gauss_stats,
+    'fid_stats': _lazy('eval_lib', 'fid_stats'),
+    'eval': _lazy('eval_lib', 'evaluate'),
+    'all': run_all,
+    'diversity': _lazy('analysis.ssb_experiments', 'diversity'),
+    'potentials': _lazy('analysis.ssb_experiments', 'potentials'),
+    'late_start_curve': _lazy('analysis.ssb_experiments', 'late_start_curve'),
+    'predicted_tc': _lazy('analysis.ssb_experiments', 'predicted_tc'),
+    'memorization': _lazy('analysis.gen_experiments', 'memorization'),
+    'jacobian_rank': _lazy('analysis.gen_experiments', 'jacobian_rank'),
+}

@@ -77,7 +77,8 @@ def get_default_configs():
   sampling.num_samples = 64
   sampling.batch_size = 500
   sampling.checkpoint = -1  # snapshot index to load; -1 = newest
-  sampling.stats_dir = 'assets/stats'
+  sampling.stats_dir = 'assets/stats'  # FID stats and late-start moments: {dataset}_{res}_{stats|moments}.npz
+  sampling.moments_file = ''  # explicit late-start moments file; '' = stats_dir default, computed if missing
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.batch_size = 500
@@ -88,4 +89,28 @@ def get_default_configs():
   evaluate.grid = 'late_start'
   evaluate.inception_path = ''  # optional pt_inception-2015-12-05-6726825d.pth
   evaluate.kid_subset_size = 1000
+
+  config.analysis = analysis = ml_collections.ConfigDict()
+  # --mode=potentials: the potential along cos(a) x1 + sin(a) x2 between two sampling trajectories
+  analysis.potential_times = (900, 700, 600, 500, 400, 300, 100)
+  analysis.potential_steps = 100  # DDIM steps of the two trajectories
+  # --mode=late_start_curve: full ancestral sampler started at t, for t in this grid
+  analysis.late_start_ts = (999, 900, 800, 700, 600, 500, 400, 300, 200)
+  analysis.late_start_inits = ('normal', 'gls')
+  analysis.late_start_samples = 500
+  # --mode=memorization: train on the first n training images for n in sizes
+  analysis.mem_sizes = (16, 64, 256, 1497)
+  analysis.mem_n_iters = 2000
+  analysis.mem_num_samples = 200
+  analysis.mem_num_steps = 50  # DDIM steps for the model and the optimal denoiser (same seeds)
+  analysis.feature_net = 'pixels'  # pixels | inception | path to an SSCD TorchScript file
+  analysis.threshold = -1.0  # cosine threshold; -1 = the calibrated default of the feature net
+  # --mode=jacobian_rank
+  analysis.jacobian_num_samples = 4
+  analysis.jacobian_num_steps = 20
+  # --mode=diversity
+  analysis.diversity_method = 'ddim'
+  analysis.diversity_num_steps = 5
+  analysis.classifier_path = ''  # TorchScript classifier ([0,1] NCHW -> logits); '' = train one on the data
+  analysis.classifier_epochs = 30
   return config

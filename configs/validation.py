@@ -80,3 +80,31 @@ def _validate_sampling(config):
     _require(n >= 1, 'eval.num_steps', tuple(config.eval.num_steps), 'every n must be >= 1')
   for t in config.eval.t_starts:
     _require(0 <= t <= T - 1, 'eval.t_starts', tuple(config.eval.t_starts), f'every t_c must be in [0, {T - 1}]')
+
+
+def check_override_fields(config, argv):
+  """Rejects ``--config.<path>=...`` arguments whose path is not a field of ``config``.
+
+  ml_collections would otherwise fail with a bare AttributeError deep in flag parsing.
+  """
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    path = arg[len('--config.'):].split('=', 1)[0]
+    node = config
+    for i, part in enumerate(path.split('.')):
+      if not hasattr(node, 'keys') or part not in node.keys():
+        parent = 'config.' + '.'.join(path.split('.')[:i]) if i else 'config'
+        known = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else '(not a section)'
+        raise ConfigError(f'unknown config field config.{path}: {parent} has no field {part!r}. '
+                          f'Known fields of {parent}: {known}')
+      node = node[part]
+
+
+def load_config_file(path):
+  """``get_config()`` of a config file given by path (as --config does)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('_config_under_check', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -29,3 +29,34 @@ def fixtures_dir():
   if not os.path.isdir(SHARED_FIXTURES):
     pytest.skip(f'shared fixtures not found at {SHARED_FIXTURES}')
   return SHARED_FIXTURES
+
+
+def tiny_digits_config(tmp_dir, **overrides):
+  """The digits config shrunk to a few seconds of CPU work; stats/moments go under ``tmp_dir``."""
+  from configs.ddpm import digits
+  config = digits.get_config()
+  config.model.nf = 32
+  config.model.ch_mult = (1, 2)
+  config.model.num_res_blocks = 1
+  config.training.batch_size = 32
+  config.training.n_iters = 20
+  config.training.log_freq = 5
+  config.training.eval_freq = 10
+  config.training.snapshot_freq = 10
+  config.training.snapshot_freq_for_preemption = 5
+  config.training.snapshot_num_samples = 8
+  config.training.snapshot_num_steps = 5
+  config.sampling.stats_dir = os.path.join(str(tmp_dir), 'stats')
+  config.sampling.num_samples = 8
+  config.sampling.batch_size = 8
+  config.eval.num_samples = 8
+  config.eval.batch_size = 8
+  for path, value in overrides.items():
+    section, name = path.split('.')
+    config[section][name] = value
+  return config
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+  return tiny_digits_config(tmp_path)
