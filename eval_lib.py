@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import datasets
+import dist_util
 import evaluation
 import run_lib
 import sde_lib
@@ -94,10 +95,16 @@ def run_cell(config, cell, ctx):
   t0 = time.time()
   schedule, e = ctx['schedule'], config.eval
   timesteps = run_lib.sample_timesteps(config, cell['method'], cell['num_steps'], cell['t_start'], cell['grid'])
-  init = run_lib.build_initialiser(config, schedule, cell['t_start'], cell['init'], ctx['moments'])
+  if cell['init'] == 'gls' and ctx['moments'] is not None:  # one eigendecomposition serves every t_c
+    ctx.setdefault('gls', run_lib.build_initialiser(config, schedule, cell['t_start'], 'gls', ctx['moments']))
+    init = ctx['gls'].at(cell['t_start'])
+  else:
+    init = run_lib.build_initialiser(config, schedule, cell['t_start'], cell['init'], ctx['moments'])
   options = run_lib.sampler_options(cell['method'], config.sampling)
   images = run_lib.generate(ctx['eps_fn'], schedule, cell['method'], timesteps, init, e.num_samples, e.batch_size,
                             config.seed, ctx['device'], ctx['inverse'], options, desc=cell['key'])
+  if not dist_util.is_main():  # under torchrun the ranks share the sampling; rank 0 scores and writes
+    return None
   path = os.path.join(ctx['outdir'], 'samples', cell['key'] + '.npz')
   run_lib.save_npz_atomic(path, samples=images, timesteps=np.asarray(timesteps))
   batches = (torch.from_numpy(images[i:i + e.batch_size]) for i in range(0, len(images), e.batch_size))
@@ -121,13 +128,14 @@ def _context(config, workdir):
   eps_fn, step = run_lib.load_ema_model(config, workdir, device)
   return dict(device=device, ref=ref, moments=moments, eps_fn=eps_fn, step=step,
               schedule=sde_lib.DDPMSchedule.from_config(config), inverse=datasets.get_data_inverse_scaler(config),
-              inception=evaluation.load_inception(config.eval.inception_path, device),
+              inception=evaluation.load_inception(config.eval.inception_path, device) if dist_util.is_main() else None,
               outdir=os.path.join(workdir, 'eval'))
 
 
 def evaluate(config, workdir):
   """--mode=eval: runs every cell not yet in eval/results.json, then writes the tables, plots and grids."""
   validate_config(config)
+  dist_util.init()
   for cell in sweep_cells(config):  # bad grids fail before any sampling
     run_lib.sample_timesteps(config, cell['method'], cell['num_steps'], cell['t_start'], cell['grid'])
   ctx = _context(config, workdir)
@@ -138,11 +146,16 @@ def evaluate(config, workdir):
   logging.info('eval: %d cells, %d already done (resuming), %d samples each', len(results) + len(todo),
                len(results), config.eval.num_samples)
   for i, cell in enumerate(todo):
-    results[cell['key']] = run_cell(config, cell, ctx)
+    record = run_cell(config, cell, ctx)
+    if not dist_util.is_main():
+      continue
+    results[cell['key']] = record
     _save_json(results, results_path)  # after every cell, so a killed sweep resumes here
     r = results[cell['key']]
     logging.info('[%d/%d] %s: FID %.2f KID %.4f (%.0fs)', i + 1, len(todo), cell['key'], r['fid'], r['kid'],
                  r['seconds'])
+  if not dist_util.is_main():
+    return None
   cells = [results[c['key']] for c in sweep_cells(config)]
   table = write_tables(config, cells, ctx['outdir'])
   plot_fid_vs_tc(config, cells, ctx['outdir'])

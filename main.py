@@ -45,6 +45,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   import run_lib  # imported here so that --help stays fast
+  from models.utils import CheckpointError
   logging.getLogger().setLevel(logging.INFO)
   handler = run_lib.MODES.get(FLAGS.mode)
   if handler is None:
@@ -52,7 +53,7 @@ def main(argv):
   kwargs = {'sample_out': FLAGS.sample_out} if FLAGS.mode == 'sample' else {}
   try:
     handler(FLAGS.config, FLAGS.workdir, **kwargs)
-  except USER_ERRORS as err:  # bad input: one clear line, no traceback
+  except USER_ERRORS + (CheckpointError,) as err:  # bad input: one clear line, no traceback
     sys.exit(f'error: {type(err).__name__}: {err}')
 
 

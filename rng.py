@@ -8,14 +8,21 @@ start from identical numbers.
 """
 from typing import Sequence, Union
 
+import numpy as np
 import torch
 
 Generator = Union[torch.Generator, Sequence[torch.Generator]]
 
 
 def sample_seed(seed: int, index: int) -> int:
-  """The seed of sample ``index`` in a run seeded with ``seed`` (distinct for all pairs < 2^32)."""
-  return (int(seed) % (2 ** 31)) * (2 ** 32) + int(index)
+  """The seed of sample ``index`` in a run seeded with ``seed``: a 32-bit integer.
+
+  torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so seeds must live in [0, 2^32).
+  Each run seed gets a pseudo-random 32-bit offset (numpy SeedSequence) and sample i uses offset + i, so the
+  samples of one run never share a seed, and two runs' streams overlap only with probability ~2N / 2^32.
+  """
+  offset = int(np.random.SeedSequence(int(seed) % 2 ** 63).generate_state(1, np.uint32)[0])
+  return (offset + int(index)) % 2 ** 32
 
 
 def per_sample_generators(seed: int, indices) -> list:

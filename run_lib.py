@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 import datasets
+import dist_util
 import losses
 import rng
 import sde_lib
@@ -29,16 +30,18 @@ DEFAULT_SAMPLE_SEED = 1234  # snapshot grids always start from the same noise, s
 
 def get_device(config):
   """'auto' -> CUDA when present, else CPU; 'cuda' without CUDA is an error."""
-  if config.device == 'auto':
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   if config.device == 'cuda' and not torch.cuda.is_available():
     raise ValueError('config.device="cuda" but CUDA is not available; use --config.device=cpu or auto')
-  return torch.device(config.device)
+  if config.device in ('auto', 'cuda') and torch.cuda.is_available():
+    return torch.device('cuda', dist_util.local_rank())  # torchrun: one GPU per process
+  return torch.device('cpu' if config.device == 'auto' else config.device)
 
 
 def write_config(config, workdir, name='config.json'):
   """Writes the resolved config into the workdir (json; tuples become lists)."""
   os.makedirs(workdir, exist_ok=True)
+  if not dist_util.is_main():
+    return
   with open(os.path.join(workdir, name), 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -73,12 +76,13 @@ class _StepBatches(torch.utils.data.Sampler):
   Starting at any step reproduces the exact data order of an uninterrupted run.
   """
 
-  def __init__(self, num_items, batch_size, seed, start_step):
+  def __init__(self, num_items, batch_size, seed, start_step, rank=0, world_size=1):
     if num_items < batch_size:
       raise ValueError(f'training.batch_size={batch_size} exceeds the {num_items} training images; '
                        'lower --config.training.batch_size')
     self.n, self.b, self.seed, self.start = num_items, batch_size, seed, start_step
     self.per_epoch = num_items // batch_size
+    self.rank, self.world = rank, world_size  # under torchrun each rank takes every world-th row
 
   def __iter__(self):
     step = self.start
@@ -86,12 +90,13 @@ class _StepBatches(torch.utils.data.Sampler):
       epoch, k = divmod(step, self.per_epoch)
       perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(rng.sample_seed(self.seed, epoch)))
       for j in range(k, self.per_epoch):
-        yield perm[j * self.b:(j + 1) * self.b].tolist()
+        yield perm[j * self.b:(j + 1) * self.b][self.rank::self.world].tolist()
       step = (epoch + 1) * self.per_epoch
 
 
-def _loader(config, dataset, batch_size, seed, start_step):
-  sampler = _StepBatches(len(dataset), batch_size, seed, start_step)
+def _loader(config, dataset, batch_size, seed, start_step, shard=False):
+  sampler = _StepBatches(len(dataset), batch_size, seed, start_step,
+                         *((dist_util.rank(), dist_util.world_size()) if shard else (0, 1)))
   workers = config.training.num_workers
   return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                           persistent_workers=workers > 0))
@@ -106,7 +111,8 @@ def _flip(x, generator, enabled):
 
 
 def build_state(config, device):
-  """Model, EMA and optimiser for ``config``, on ``device``."""
+  """Model, EMA and optimiser for ``config``, on ``device``; the initial weights depend only on config.seed."""
+  torch.manual_seed(config.seed)
   model = mutils.create_model(config).to(device)
   ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
   optimizer = losses.get_optimizer(config, model.parameters())
@@ -115,8 +121,9 @@ def build_state(config, device):
 
 def _train_step(config, model, ema, optimizer, schedule, batch, step):
   """One update; every random draw comes from a generator seeded by (seed, step), so runs resume exactly."""
-  gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, step))
-  torch.manual_seed(rng.sample_seed(config.seed + 1, step))  # dropout masks
+  offset = 7919 * dist_util.rank()  # each rank draws its own noise (rank 0 = the single-process run)
+  gen = torch.Generator().manual_seed(rng.sample_seed(config.seed + offset, step))
+  torch.manual_seed(rng.sample_seed(config.seed + 1 + offset, step))  # dropout masks
   model.train()
   loss = losses.ddpm_loss(model, schedule, batch, gen)
   if not torch.isfinite(loss):
@@ -144,6 +151,9 @@ def _eval_loss(config, model, ema, schedule, eval_batches, step, device):
 
 
 def _save(workdir, config, model, ema, optimizer, step, meta_only):
+  if not dist_util.is_main():
+    return
+  model = dist_util.unwrap(model)
   mutils.save_checkpoint(os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth'), model, ema, optimizer, step)
   if not meta_only:
     path = os.path.join(workdir, 'checkpoints', f'checkpoint_{step // config.training.snapshot_freq}.pth')
@@ -153,7 +163,11 @@ def _save(workdir, config, model, ema, optimizer, step, meta_only):
 def train(config, workdir):
   """Trains the DDPM of ``config`` in ``workdir``; resumes from the newest checkpoint if there is one."""
   validate_config(config)
-  device = get_device(config)
+  dist_util.init()
+  device, main = get_device(config), dist_util.is_main()
+  if config.training.batch_size % dist_util.world_size():
+    raise ValueError(f'training.batch_size={config.training.batch_size} must be divisible by the number of '
+                     f'processes ({dist_util.world_size()})')
   write_config(config, workdir)
   schedule = sde_lib.DDPMSchedule.from_config(config)
   model, ema, optimizer = build_state(config, device)
@@ -165,33 +179,35 @@ def train(config, workdir):
   scaler = datasets.get_data_scaler(config)
   train_ds = datasets.get_dataset(config, 'train')
   eval_ds = datasets.get_dataset(config, 'eval')
-  batches = _loader(config, train_ds, tc.batch_size, config.seed, step)
+  batches = _loader(config, train_ds, tc.batch_size, config.seed, step, shard=True)
+  ddp_model = dist_util.wrap_model(model)
   eval_batches = _loader(config, eval_ds, min(tc.batch_size, len(eval_ds)), config.seed + 3, 0)
   from torch.utils.tensorboard import SummaryWriter
-  writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
-  pbar = tqdm(total=n_iters, initial=step, desc='train', dynamic_ncols=True)
+  writer = SummaryWriter(os.path.join(workdir, 'tensorboard')) if main else None
+  pbar = tqdm(total=n_iters, initial=step, desc='train', dynamic_ncols=True, disable=not main)
   try:
     while step < n_iters:
-      x = scaler(_flip(next(batches)[0], torch.Generator().manual_seed(rng.sample_seed(config.seed + 4, step)),
-                       config.data.random_flip)).to(device)
-      loss, grad_norm, lr = _train_step(config, model, ema, optimizer, schedule, x, step)
+      flip_gen = torch.Generator().manual_seed(rng.sample_seed(config.seed + 4 + 7919 * dist_util.rank(), step))
+      x = scaler(_flip(next(batches)[0], flip_gen, config.data.random_flip)).to(device)
+      loss, grad_norm, lr = _train_step(config, ddp_model, ema, optimizer, schedule, x, step)
       step += 1
       pbar.update(1)
-      if step % tc.log_freq == 0 or step == n_iters:
+      if main and (step % tc.log_freq == 0 or step == n_iters):
         pbar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}')
         for name, value in (('loss', loss), ('lr', lr), ('grad_norm', grad_norm)):
           writer.add_scalar(f'train/{name}', value, step)
-      if step % tc.eval_freq == 0:
+      if main and step % tc.eval_freq == 0:
         writer.add_scalar('eval/loss', _eval_loss(config, model, ema, schedule, eval_batches, step, device), step)
       snapshot = step % tc.snapshot_freq == 0 or step == n_iters
       if snapshot or step % tc.snapshot_freq_for_preemption == 0:
         _save(workdir, config, model, ema, optimizer, step, meta_only=not snapshot)
-      if snapshot and tc.snapshot_sampling:
+      if main and snapshot and tc.snapshot_sampling:
         path = snapshot_grid(config, workdir, model, ema, schedule, step, device)
         writer.add_image('samples', _read_png(path), step, dataformats='HWC')
   finally:
     pbar.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
   return model, ema
 
 
@@ -220,16 +236,21 @@ def generate(eps_fn, schedule, method, timesteps, initialiser, num_samples, batc
              inverse_scaler, options=None, progress=True, desc='sample'):
   """Draws ``num_samples`` images; sample i uses generator sample_seed(seed, i) for its start and step noise.
 
-  Returns float32 numpy (N, C, H, W) in [0, 1] (clipped), independent of ``batch_size``.
+  Returns float32 numpy (N, C, H, W) in [0, 1] (clipped), independent of ``batch_size`` and, under torchrun, of
+  the number of processes (each draws its share of the indices; every rank gets the gathered result).
   """
   from samplers import get_sampler
   sampler, out = get_sampler(method), []
-  for start in tqdm(range(0, num_samples, batch_size), desc=desc, disable=not progress, dynamic_ncols=True):
-    gens = rng.per_sample_generators(seed, range(start, min(start + batch_size, num_samples)))
+  indices = dist_util.shard(range(num_samples))
+  for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress or not dist_util.is_main(),
+                    dynamic_ncols=True):
+    gens = rng.per_sample_generators(seed, indices[start:start + batch_size])
     x_init = initialiser.sample(len(gens), gens).to(device, torch.float32)
     x0 = sampler(eps_fn, schedule, x_init, timesteps, generator=gens, **(options or {}))
     out.append(inverse_scaler(x0).clamp(0.0, 1.0).float().cpu().numpy())
-  return np.concatenate(out)
+  local = (np.concatenate(out) if out else
+           np.zeros((0, *initialiser.sample(1, torch.Generator()).shape[1:]), np.float32))
+  return dist_util.gather_ordered(local, indices, num_samples)
 
 
 def save_grid(images, path, nrow=None):
@@ -346,6 +367,7 @@ def sample(config, workdir, sample_out=None):
   """--mode=sample: draws config.sampling.num_samples; writes samples.npz (float32 [0,1] NCHW) and a PNG grid."""
   from samplers import nfe
   validate_config(config)
+  dist_util.init()
   s, device = config.sampling, get_device(config)
   schedule = sde_lib.DDPMSchedule.from_config(config)
   timesteps = sample_timesteps(config, s.method, s.num_steps, s.t_start)  # bad grids fail here, before any work
@@ -355,6 +377,8 @@ def sample(config, workdir, sample_out=None):
   images = generate(eps_fn, schedule, s.method, timesteps, initialiser, s.num_samples, s.batch_size, config.seed,
                     device, datasets.get_data_inverse_scaler(config), options)
   path = sample_out or default_sample_path(config, workdir)
+  if not dist_util.is_main():
+    return path
   save_npz_atomic(path, samples=images, timesteps=np.asarray(timesteps), step=step,
                   nfe=nfe(s.method, len(timesteps), **options))
   save_grid(images, os.path.splitext(path)[0] + '.png')
@@ -380,8 +404,9 @@ def run_all(config, workdir):
   """--mode=all, the main job: train, then fid_stats (if missing), then the eval sweep; prints the table."""
   import eval_lib
   train(config, workdir)
-  if not os.path.exists(eval_lib.fid_stats_path(config)):
+  if dist_util.is_main() and not os.path.exists(eval_lib.fid_stats_path(config)):
     eval_lib.fid_stats(config, workdir)
+  dist_util.barrier()  # under torchrun the other ranks wait for rank 0's statistics
   return eval_lib.evaluate(config, workdir)
 
 

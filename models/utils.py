@@ -1,0 +1,231 @@
+"""Model registry, creation, checkpoint I/O and the EMA eps-function wrapper (SPEC sections 3 and 4).
+
+Checkpoints use the score_sde / SSB layout (SPEC 3, "Checkpoint compatibility"):
+  {'optimizer': opt.state_dict() or {}, 'model': {'module.' + key: tensor}, 'ema': ema.state_dict(), 'step': int}
+"""
+import copy
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+
+_MODELS = {}
+VARIANTS = ('ssb', 'score_sde')
+NORMALIZATIONS = ('GroupNorm',)
+NONLINEARITIES = ('swish', 'silu', 'relu', 'elu', 'lrelu')
+
+
+class CheckpointError(Exception):
+  """A checkpoint file is missing, corrupt, or does not fit the model."""
+
+
+def register_model(cls=None, *, name=None):
+  """Class decorator: register a model class under `name` (default: the class name)."""
+  def _register(cls):
+    local_name = cls.__name__ if name is None else name
+    if local_name in _MODELS:
+      raise ValueError(f'Already registered model with name: {local_name}')
+    _MODELS[local_name] = cls
+    return cls
+  return _register if cls is None else _register(cls)
+
+
+def get_model(name):
+  """Registered model class by config.model.name."""
+  import models.ddpm  # noqa: F401  (registers 'ddpm')
+  if name not in _MODELS:
+    raise ValueError(f'config.model.name={name!r} is unknown; use one of {sorted(_MODELS)}')
+  return _MODELS[name]
+
+
+def check_model_config(config):
+  """Raise ValueError naming the config field when a model setting is unusable."""
+  m = config.model
+  variant = m.get('variant', 'ssb')
+  if variant not in VARIANTS:
+    raise ValueError(f'config.model.variant={variant!r} is unknown; use one of {VARIANTS}')
+  if m.nonlinearity not in NONLINEARITIES:
+    raise ValueError(f'config.model.nonlinearity={m.nonlinearity!r} is unknown; use one of {NONLINEARITIES}')
+  if m.normalization not in NORMALIZATIONS:
+    raise ValueError(f'config.model.normalization={m.normalization!r} is unknown; use one of {NORMALIZATIONS}')
+  ch_mult = tuple(m.ch_mult)
+  if not ch_mult or any(int(c) < 1 for c in ch_mult):
+    raise ValueError(f'config.model.ch_mult={ch_mult} must be a non-empty tuple of positive ints')
+  factor = 2 ** (len(ch_mult) - 1)
+  if config.data.image_size < 1 or config.data.image_size % factor:
+    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by '
+                     f'2**(len(config.model.ch_mult)-1)={factor}; change image_size or ch_mult')
+  if m.nf % 32 or m.nf < 32:
+    raise ValueError(f'config.model.nf={m.nf} must be a positive multiple of 32 (GroupNorm uses 32 groups)')
+  if m.num_res_blocks < 1:
+    raise ValueError(f'config.model.num_res_blocks={m.num_res_blocks} must be >= 1')
+  if not 0.0 <= m.dropout < 1.0:
+    raise ValueError(f'config.model.dropout={m.dropout} must be in [0, 1)')
+
+
+def create_model(config):
+  """Build the (unwrapped, CPU) model named by config.model.name; variant by config.model.variant."""
+  model_cls = get_model(config.model.name)
+  return model_cls(config)
+
+
+def count_parameters(model):
+  """Number of parameter elements (buffers such as `sigmas` excluded)."""
+  return sum(p.numel() for p in model.parameters())
+
+
+def _unwrap(model):
+  """The bare module inside nn.DataParallel / DistributedDataParallel."""
+  return model.module if hasattr(model, 'module') and isinstance(model.module, torch.nn.Module) else model
+
+
+def save_checkpoint(path, model, ema, optimizer, step):
+  """Atomically write a score_sde-layout checkpoint to `path` (temp file in the same folder, fsync, replace).
+
+  model: bare or DataParallel-wrapped; keys are stored with the 'module.' prefix. optimizer may be None.
+  """
+  state = {
+      'optimizer': optimizer.state_dict() if optimizer is not None else {},
+      'model': {'module.' + k: v for k, v in _unwrap(model).state_dict().items()},
+      'ema': ema.state_dict() if ema is not None else {},
+      'step': int(step),
+  }
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      torch.save(state, f)
+      f.flush()
+      os.fsync(f.fileno())  # a crash after os.replace must not leave a truncated checkpoint
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _read(path, map_location):
+  """torch.load a checkpoint dict, turning every failure into a CheckpointError."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f'checkpoint file not found: {path}')
+  try:
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+  except pickle.UnpicklingError as e:
+    if 'weights only' in str(e).lower():
+      raise CheckpointError(f'{path} holds objects other than tensors and plain Python values, so it is not '
+                            f'a checkpoint in the score_sde layout; refusing to unpickle it ({e})') from e
+    raise CheckpointError(f'checkpoint {path} is corrupt or truncated; delete it or use an older one ({e})') from e
+  except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    raise CheckpointError(f'checkpoint {path} is corrupt or truncated; delete it or use an older one ({e})') from e
+  if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+    found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
+    raise CheckpointError(f'{path} is not a checkpoint in the score_sde layout (a dict with "model", "ema", '
+                          f'"optimizer", "step"); found {found}')
+  return ckpt
+
+
+def _model_state(ckpt_model, model):
+  """Checkpoint 'model' entry -> state_dict for `model`: strip 'module.', reconcile the `sigmas` buffer."""
+  state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in ckpt_model.items()}
+  own = model.state_dict()
+  if 'sigmas' not in own:
+    state.pop('sigmas', None)  # a ssb model has no sigmas buffer: ignore score_sde's
+  elif 'sigmas' not in state:
+    state['sigmas'] = own['sigmas']  # a score_sde model keeps its own
+  return state
+
+
+def _mismatch(state, own):
+  """(missing, unexpected, wrong-shape) key lists of `state` against the reference state_dict `own`."""
+  missing = [k for k in own if k not in state]
+  unexpected = [k for k in state if k not in own]
+  shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in own
+            if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+  return missing, unexpected, shapes
+
+
+def _other_variant_hint(state, model):
+  """' set --config.model.variant=X' if the checkpoint fits the other DDPM variant, else ''."""
+  config = getattr(model, '_config', None)
+  if config is None or config.model.name != 'ddpm':
+    return ''
+  other = 'score_sde' if config.model.get('variant', 'ssb') == 'ssb' else 'ssb'
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.variant = other
+  with torch.device('meta'):  # shapes only, no memory and no init cost
+    other_model = get_model('ddpm')(config)
+  other_state = _model_state(state, other_model)
+  if not any(_mismatch(other_state, other_model.state_dict())):
+    return (f' The checkpoint fits the {other!r} variant of the model: '
+            f'set --config.model.variant={other}.')
+  return ''
+
+
+def load_checkpoint(path, model, ema=None, optimizer=None, map_location='cpu'):
+  """Load a score_sde / SSB checkpoint into model (and ema, optimizer when given). Returns the step (int).
+
+  Model keys may or may not carry 'module.'; the `sigmas` buffer may be present or absent.
+  Raises CheckpointError for a missing, corrupt or foreign file, or one that does not fit the model.
+  """
+  ckpt = _read(path, map_location)
+  bare = _unwrap(model)
+  own = bare.state_dict()
+  state = _model_state(ckpt['model'], bare)
+  missing, unexpected, shapes = _mismatch(state, own)
+  if missing or unexpected or shapes:
+    parts = [f'{name} ({len(keys)}): {keys[:4]}' for name, keys in
+             (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches', shapes)) if keys]
+    raise CheckpointError(f'checkpoint {path} does not fit this model; ' + '; '.join(parts) + '.'
+                          + _other_variant_hint(state, bare))
+  bare.load_state_dict(state, strict=True)
+  if ema is not None:
+    if not ckpt.get('ema'):
+      raise CheckpointError(f'checkpoint {path} has no EMA weights ("ema" entry); load it without an ema')
+    try:
+      ema.load_state_dict(ckpt['ema'])
+    except ValueError as e:
+      raise CheckpointError(f'EMA weights in {path} do not fit this model: {e}') from e
+  if optimizer is not None and ckpt.get('optimizer'):
+    try:
+      optimizer.load_state_dict(ckpt['optimizer'])
+    except (ValueError, KeyError) as e:
+      raise CheckpointError(f'optimizer state in {path} does not fit this optimizer: {e}') from e
+  return int(ckpt.get('step', 0))
+
+
+def ema_eps_fn(model, ema=None):
+  """eps_fn(x, t) evaluating a deep copy of `model` with the EMA weights, in eval mode, under inference_mode.
+
+  x: (B, C, H, W) in model space [-1, 1]; t: python number, 0-d or (B,) tensor of timesteps in [0, T-1]
+  (fractional allowed), broadcast to (B,) float32 on the model's device. Returns (B, C, H, W) eps.
+  The copy is taken now: later training steps do not change the returned function.
+  """
+  from models.ema import ExponentialMovingAverage
+  if ema is not None and not isinstance(ema, ExponentialMovingAverage):
+    raise TypeError(f'ema_eps_fn(model, ema): ema must be an ExponentialMovingAverage or None, '
+                    f'got {type(ema).__name__}')
+  net = copy.deepcopy(_unwrap(model))
+  if ema is not None:
+    ema.copy_to(net.parameters())
+  net.eval().requires_grad_(False)
+  for p in net.parameters():
+    p.grad = None  # the copy only evaluates; drop any copied training gradients
+  param = next(net.parameters())
+  device, dtype = param.device, param.dtype
+
+  def eps_fn(x, t):
+    x = x.to(device=device, dtype=dtype)
+    t = torch.as_tensor(t, device=device, dtype=torch.float32)
+    if t.ndim == 0:
+      t = t.expand(x.shape[0])
+    elif t.shape != (x.shape[0],):
+      raise ValueError(f't must be a number, a 0-d tensor or shape ({x.shape[0]},), got {tuple(t.shape)}')
+    with torch.inference_mode():
+      return net(x, t)
+
+  eps_fn.model = net
+  return eps_fn

@@ -1,0 +1,201 @@
+"""Initial states x_init for the samplers (SPEC section 6); run_lib imports this, samplers never do.
+
+* StandardNormal(shape, t_start): the vanilla start z ~ N(0, I).
+* GaussianLateStart: the Gaussian late start (gls) at t_c = t_start, matching the noised data
+  moments mu_t = sqrt(a) mu, Sigma_t = a Sigma + (1 - a) I, a = alpha_bar(t_c). With
+  Sigma = U diag(lambda) U^T (one eigendecomposition for every t_c, see ``.at``) a draw is
+    x = mu_t + U (sqrt(a lambda + 1 - a) * (U^T z)),     z = the StandardNormal draw,
+  i.e. x = mu_t + Sigma_t^{1/2} z with the symmetric square root. SPEC writes U (s * z); both
+  have covariance Sigma_t, and the symmetric root makes gls and vanilla share the noise draw in
+  the strong sense that x -> z as t_c -> T (a -> 0). Costs two (D x D) matmuls per row.
+  Rank r > 0 keeps the top-r eigenpairs plus the diagonal remainder d = diag(Sigma) -
+  sum_k lambda_k U_k^2 (so every per-pixel variance a Sigma_ii + 1 - a is preserved):
+    x = mu_t + U (sqrt(a lambda) * w) + sqrt(a d + 1 - a) * z,  w ~ N(0, I_r) drawn after z.
+* monte_carlo_moments: the paper's fit (one noised copy of each image at t_start, then
+  mean/cov); ``GaussianLateStart.from_noised_moments`` uses it at that t only.
+* compute/save/load_moments and moments_path: the data moments file used by the exact gls.
+"""
+import os
+
+import numpy as np
+import torch
+
+import rng
+from moments import RunningMoments
+
+
+class StandardNormal:
+  """x_init ~ N(0, I) of shape (n, *shape) at time t_start (vanilla start, or the N(0, I) ablation)."""
+
+  def __init__(self, shape, t_start):
+    self.shape, self.t_start = tuple(shape), int(t_start)
+
+  def sample(self, n, generator, device='cpu', dtype=torch.float32):
+    """(n, *shape) draw via rng.randn (per-sample generators -> batch-independent)."""
+    return rng.randn((n, *self.shape), generator, device=device).to(dtype)
+
+
+def _check_square(mean, cov):
+  if mean.ndim != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
+    raise ValueError(f'moments must be mean (D,) and cov (D, D), got {tuple(mean.shape)} and '
+                     f'{tuple(cov.shape)}')
+
+
+class GaussianLateStart:
+  """Gaussian late start at t_start (module doc). State: mean, eigenpairs, optional remainder.
+
+  Args:
+    schedule: sde_lib.DDPMSchedule (None for a fixed-t Monte-Carlo fit).
+    t_start: int in [0, T-1], the first timestep of the sampler grid.
+    mean: (D,) data mean (model space). eigvals: (r,) >= 0. eigvecs: (D, r) orthonormal columns.
+    shape: per-sample shape with prod(shape) = D, e.g. (3, 32, 32).
+    resid_var: None (r = D, full rank) or (D,) diagonal remainder of a rank-r fit.
+    dtype: float64 or float32 (for D = 12288: halves the 1.2 GB of a float64 factor).
+    noised: True when mean/eigenpairs already describe x_t (Monte-Carlo fit; then a = 1 is used).
+  """
+
+  def __init__(self, schedule, t_start, mean, eigvals, eigvecs, shape, resid_var=None,
+               dtype=torch.float64, noised=False):
+    self.schedule, self.t_start, self.shape, self.dtype = schedule, int(t_start), tuple(shape), dtype
+    self.noised = bool(noised)
+    def as_t(v):  # tensors of the right dtype are kept as they are (``.at`` shares them)
+      return None if v is None else torch.as_tensor(v if torch.is_tensor(v) else np.asarray(v)).to(dtype)
+    self.mean, self.eigvals, self.eigvecs = as_t(mean), as_t(eigvals), as_t(eigvecs)
+    self.resid_var = as_t(resid_var)
+    dim = int(np.prod(self.shape))
+    if self.mean.shape != (dim,) or self.eigvecs.shape[0] != dim:
+      raise ValueError(f'shape {self.shape} (D = {dim}) does not match mean {tuple(self.mean.shape)}'
+                       f' / eigvecs {tuple(self.eigvecs.shape)}; check data.image_size/num_channels')
+    if schedule is None and not self.noised:
+      raise ValueError('GaussianLateStart needs the schedule unless the moments are already noised')
+    if schedule is not None and not 0 <= self.t_start <= schedule.T - 1:
+      raise ValueError(f'sampling.t_start must be in [0, {schedule.T - 1}], got {t_start}')
+    a = 1.0 if self.noised else float(schedule.alpha_bar(self.t_start))
+    self.alpha_bar = a
+    # Per-eigendirection std and shifted mean at t_start (SPEC section 6 "exact moments").
+    full = self.resid_var is None
+    self._std = (a * self.eigvals.clamp(min=0) + ((1 - a) if full else 0.0)).sqrt()
+    self._mean_t = a ** 0.5 * self.mean
+    self._resid_std = None if full else (a * self.resid_var.clamp(min=0) + (1 - a)).sqrt()
+
+  @classmethod
+  def from_moments(cls, schedule, t_start, mean, cov, shape, rank=0, dtype=torch.float64):
+    """Eigendecomposes the data covariance once (float64); rank 0 = full, r > 0 = top-r + diagonal."""
+    mean = torch.as_tensor(np.asarray(mean), dtype=torch.float64)
+    cov = torch.as_tensor(np.asarray(cov), dtype=torch.float64)
+    _check_square(mean, cov)
+    if not 0 <= int(rank) <= mean.shape[0]:
+      raise ValueError(f'sampling.gls_rank must be in [0, D = {mean.shape[0]}], got {rank}')
+    cov = 0.5 * (cov + cov.T)  # symmetrise against streaming round-off
+    eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
+    eigvals = eigvals.clamp(min=0)
+    resid = None
+    if rank > 0 and rank < mean.shape[0]:
+      eigvals, eigvecs = eigvals[-rank:], eigvecs[:, -rank:]
+      # Diagonal remainder keeps the per-pixel variance diag(Sigma) exactly (module doc).
+      resid = (torch.diagonal(cov) - (eigvecs ** 2) @ eigvals).clamp(min=0)
+    return cls(schedule, t_start, mean, eigvals, eigvecs, shape, resid_var=resid, dtype=dtype)
+
+  @classmethod
+  def from_noised_moments(cls, t_start, mean_t, cov_t, shape, dtype=torch.float64):
+    """gls from moments of x_t itself (monte_carlo_moments); valid at this t_start only."""
+    mean_t = torch.as_tensor(np.asarray(mean_t), dtype=torch.float64)
+    cov_t = torch.as_tensor(np.asarray(cov_t), dtype=torch.float64)
+    _check_square(mean_t, cov_t)
+    eigvals, eigvecs = torch.linalg.eigh(0.5 * (cov_t + cov_t.T))
+    return cls(None, t_start, mean_t, eigvals.clamp(min=0), eigvecs, shape, dtype=dtype,
+               noised=True)
+
+  def at(self, t_start):
+    """The same fit at another t_start, sharing the eigendecomposition (no new factorisation)."""
+    if self.noised:
+      raise ValueError(f'a Monte-Carlo gls fit holds x_t moments at t = {self.t_start} only; refit '
+                       f'at t = {t_start} or use sampling.gls_fit=exact')
+    return GaussianLateStart(self.schedule, t_start, self.mean, self.eigvals, self.eigvecs,
+                             self.shape, self.resid_var, self.dtype)
+
+  def covariance(self):
+    """(D, D) covariance of the draws at t_start (for tests and diagnostics)."""
+    if self.resid_var is None:
+      return (self.eigvecs * self._std ** 2) @ self.eigvecs.T
+    low = (self.eigvecs * (self.alpha_bar * self.eigvals)) @ self.eigvecs.T
+    return low + torch.diag(self._resid_std ** 2)
+
+  def sample(self, n, generator, device='cpu', out_dtype=None):
+    """(n, *shape) draws; z is the StandardNormal draw of the same generator (module doc)."""
+    z = rng.randn((n, *self.shape), generator).reshape(n, -1).to(self.dtype)  # float32 z, as vanilla
+    if self.resid_var is None:
+      x = ((z @ self.eigvecs) * self._std) @ self.eigvecs.T  # Sigma_t^{1/2} z (symmetric root)
+    else:
+      w = rng.randn((n, self.eigvecs.shape[1]), generator).to(self.dtype)
+      x = (w * (self.alpha_bar ** 0.5 * self.eigvals.sqrt())) @ self.eigvecs.T + self._resid_std * z
+    x = x + self._mean_t
+    return x.reshape(n, *self.shape).to(device=device, dtype=out_dtype or self.dtype)
+
+
+# ------------------------------------------------------------------------------- moments
+def _flat_batches(batches):
+  for b in batches:
+    b = b[0] if isinstance(b, (tuple, list)) else b
+    yield torch.as_tensor(b).reshape(len(b), -1)
+
+
+def compute_data_moments(batches):
+  """Streams (B, C, H, W) model-space batches -> dict(mean (D,), cov (D, D), count) in float64."""
+  acc = None
+  for rows in _flat_batches(batches):
+    acc = acc or RunningMoments(rows.shape[1])
+    acc.update(rows)
+  if acc is None or acc.n < 2:
+    raise ValueError('compute_data_moments needs at least 2 images; the data iterator was empty')
+  return {'mean': acc.mean(), 'cov': acc.cov(), 'count': acc.n}
+
+
+def monte_carlo_moments(batches, schedule, t_start, generator):
+  """The paper's fit: one noised copy x_t = q_sample(x0, t_start, eps) per image, then mean/cov.
+
+  Returns dict(mean (D,), cov (D, D), count, t_start); feed it to from_noised_moments.
+  """
+  acc = None
+  for rows in _flat_batches(batches):
+    rows = rows.to(torch.float64)
+    acc = acc or RunningMoments(rows.shape[1])
+    eps = rng.randn(tuple(rows.shape), generator, dtype=torch.float64)
+    acc.update(schedule.q_sample(rows, int(t_start), eps))
+  if acc is None or acc.n < 2:
+    raise ValueError('monte_carlo_moments needs at least 2 images; the data iterator was empty')
+  return {'mean': acc.mean(), 'cov': acc.cov(), 'count': acc.n, 't_start': int(t_start)}
+
+
+def moments_path(stats_dir, dataset, image_size):
+  """Default late-start moments file: {stats_dir}/{dataset}_{image_size}_moments.npz."""
+  return f'{stats_dir}/{dataset.lower()}_{image_size}_moments.npz'
+
+
+def save_moments(path, moments, dataset, image_size, num_channels):
+  """Atomic npz write of mean/cov/count with dataset, image_size, num_channels recorded."""
+  mean = np.asarray(moments['mean'])
+  if mean.shape != (num_channels * image_size ** 2,):
+    raise ValueError(f'moments of dimension {mean.shape} do not match {num_channels}x{image_size}^2')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}.npz'
+  np.savez(tmp, mean=mean, cov=np.asarray(moments['cov']), count=int(moments['count']),
+           dataset=str(dataset).lower(), image_size=int(image_size), num_channels=int(num_channels))
+  os.replace(tmp, path)  # atomic: readers never see a partial file
+
+
+def load_moments(path, dataset, image_size, num_channels):
+  """Loads a save_moments file and checks it matches the config; dict(mean, cov, count)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'late-start moments file {path} not found; write it with --mode=gauss_stats (or --mode=fid_stats, '
+        f'which also writes it), or point '
+        f'sampling.moments_file at an existing file')
+  with np.load(path) as f:
+    found = (str(f['dataset']), int(f['image_size']), int(f['num_channels']))
+    out = {'mean': f['mean'], 'cov': f['cov'], 'count': int(f['count'])}
+  want = (str(dataset).lower(), int(image_size), int(num_channels))
+  if found != want:
+    raise ValueError(f'moments file {path} holds (dataset, image_size, num_channels) = {found} but '
+                     f'the config asks for {want}; recompute it or fix sampling.moments_file')
+  return out

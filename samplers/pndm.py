@@ -1,0 +1,113 @@
+"""Pseudo numerical methods for diffusion models (Liu et al. 2022, "PNDM"); SPEC section 5.
+
+All variants move x with the transfer step phi (the deterministic DDIM step; PNDM Eq. 9):
+  phi(x, t -> t', eps) = sqrt(a'/a) x + (sqrt(1-a') - sqrt(a' (1-a) / a)) eps,
+with a = alpha_bar(t), a' = alpha_bar(t'), and differ only in the eps' fed to it:
+
+* ``'f-pndm'`` (the paper's choice, Liu et al. "F-PNDM", pseudo 4th order): the first 3 steps
+  are pseudo Runge-Kutta (4 calls each: e1 at t, e2 and e3 at the midpoint, e4 at t'; only e1
+  enters the history), then the 4th-order linear multistep
+  eps' = (55 e_k - 59 e_{k-1} + 37 e_{k-2} - 9 e_{k-3}) / 24 (1 call). NFE = n + 9 for n >= 3,
+  4 n for n <= 3 (RK for min(n, 3) steps, as the reference code): 1 -> 4, 2 -> 8, 3 -> 12.
+* ``'s-pndm'`` (Liu et al. "S-PNDM", as their code's ``gen_order_2``): pseudo 2nd-order linear
+  multistep eps' = (3 e_k - e_{k-1}) / 2, with a first step of pseudo improved Euler
+  (e1 at t, e2 at t' after phi with e1, eps' = (e1 + e2)/2; 2 calls). NFE = n + 1.
+* ``'plms'`` (the pseudo linear multistep without any Runge-Kutta, as in the PLMS scheduler of
+  diffusers): Adams-Bashforth of order min(k+1, 4) on the history, i.e. eps' = e_1, then
+  (3 e_k - e_{k-1})/2, then (23, -16, 5)/12, then the 4th-order formula. NFE = n.
+
+Fractional and negative times. The RK midpoint t_mid = (t + t')/2 is fractional. Rule (one for
+both uses): eps_fn receives the float t_mid, and alpha_bar(t_mid) is the schedule's
+log-linear interpolation of alpha_bar between the integer neighbours (sde_lib). At the last
+step t' = -1 (alpha_bar = 1, clean data) so t_mid = (t - 1)/2, e.g. -0.5 for t = 0, and the RK
+e4 / improved-Euler e2 is evaluated at t' = -1. The network was trained on t >= 0 only, so
+eps_fn gets max(time, 0.0) while alpha_bar uses the true (negative) time.
+"""
+import math
+
+from samplers.ddim import new_trajectory, record, step_pairs
+from samplers.grids import check_timesteps
+
+VARIANTS = ('f-pndm', 's-pndm', 'plms')
+_AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12),
+       4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}  # Adams-Bashforth weights, newest first
+
+
+def nfe(num_steps, variant='f-pndm'):
+  """Network calls of ``variant`` for ``num_steps`` steps (see module doc)."""
+  n = int(num_steps)
+  if variant == 'f-pndm':
+    return 4 * min(n, 3) + max(n - 3, 0)
+  if variant == 's-pndm':
+    return n + 1
+  if variant == 'plms':
+    return n
+  raise ValueError(f'unknown sampling.pndm_variant {variant!r}; choose one of {VARIANTS}')
+
+
+def transfer_coefficients(a, a_next):
+  """(c_x, c_eps) of phi(x, t -> t', eps) = c_x x + c_eps eps (PNDM Eq. 9 = DDIM eta = 0)."""
+  return math.sqrt(a_next / a), math.sqrt(1 - a_next) - math.sqrt(a_next * (1 - a) / a)
+
+
+def transfer(x, a, a_next, eps):
+  c_x, c_eps = transfer_coefficients(a, a_next)
+  return c_x * x + c_eps * eps
+
+
+def _call(eps_fn, x, t):
+  """eps at (possibly fractional or negative) time t; the network sees max(t, 0) (module doc)."""
+  return eps_fn(x, max(float(t), 0.0))
+
+
+def _runge_kutta(eps_fn, schedule, x, t, t_next, a, a_next, e1):
+  """Pseudo RK4 eps' (PNDM Eq. 13), given e1 = eps(x, t): 3 further calls."""
+  t_mid = 0.5 * (t + t_next)
+  a_mid = float(schedule.alpha_bar(t_mid))  # log-linear interpolation (module doc)
+  e2 = _call(eps_fn, transfer(x, a, a_mid, e1), t_mid)
+  e3 = _call(eps_fn, transfer(x, a, a_mid, e2), t_mid)
+  e4 = _call(eps_fn, transfer(x, a, a_next, e3), t_next)
+  return (e1 + 2 * e2 + 2 * e3 + e4) / 6
+
+
+def _combine(history, order):
+  """Adams-Bashforth combination of the newest ``order`` entries (history newest last)."""
+  w = _AB[order]
+  out = w[0] * history[-1]
+  for k in range(1, order):
+    out = out + w[k] * history[-1 - k]
+  return out
+
+
+def pndm(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False,
+         variant='f-pndm'):
+  """PNDM sampler (deterministic; ``generator`` is accepted for the common signature and unused).
+
+  Args: as samplers.ddim.ddim; variant in VARIANTS (module doc gives each and its NFE).
+  Returns: the final x (same shape as x_init), or (x, traj) with traj = {'t', 'x', 'x0_pred'};
+    x0_pred at t uses e1 = eps(x, t), the plain network prediction at that state.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown sampling.pndm_variant {variant!r}; choose one of {VARIANTS}')
+  del generator
+  traj = new_trajectory() if return_trajectory else None
+  history = []  # e1 of every step, newest last; at most 4 are used
+  x = x_init
+  for t, t_next, a, a_next in step_pairs(schedule, timesteps):
+    e1 = _call(eps_fn, x, t)
+    if traj is not None:
+      record(traj, t, x, (x - math.sqrt(1 - a) * e1) / math.sqrt(a))
+    history.append(e1)
+    if len(history) > 4:
+      history.pop(0)
+    if variant == 'f-pndm' and len(history) < 4:
+      eps = _runge_kutta(eps_fn, schedule, x, t, t_next, a, a_next, e1)
+    elif variant == 's-pndm' and len(history) < 2:
+      e2 = _call(eps_fn, transfer(x, a, a_next, e1), t_next)  # pseudo improved Euler
+      eps = 0.5 * (e1 + e2)
+    elif variant == 's-pndm':
+      eps = _combine(history, 2)
+    else:
+      eps = _combine(history, min(len(history), 4))
+    x = transfer(x, a, a_next, eps)
+  return (x, traj) if return_trajectory else x

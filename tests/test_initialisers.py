@@ -1,0 +1,128 @@
+"""Initialisers: StandardNormal, Gaussian late start (exact / rank-r / Monte-Carlo) and moments files."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rng
+from samplers import initialisers as init
+from sde_lib import DDPMSchedule
+
+SCHED = DDPMSchedule()
+SHAPE = (2, 2, 2)  # D = 8
+D = 8
+
+
+def _data_moments(seed=0):
+  g = np.random.default_rng(seed)
+  a = g.standard_normal((D, D)) / math.sqrt(D)
+  return g.standard_normal(D), a @ a.T + 0.1 * np.eye(D)
+
+
+def _target(mean, cov, t):
+  a = float(SCHED.alpha_bar(t))
+  return math.sqrt(a) * mean, a * cov + (1 - a) * np.eye(D)
+
+
+@pytest.mark.parametrize('t_start', [100, 500])
+def test_gls_draws_match_target_moments(t_start):
+  mean, cov = _data_moments()
+  gls = init.GaussianLateStart.from_moments(SCHED, t_start, mean, cov, SHAPE)
+  x = gls.sample(20000, torch.Generator().manual_seed(0)).reshape(20000, D).numpy()
+  m_t, c_t = _target(mean, cov, t_start)
+  np.testing.assert_allclose(gls.covariance().numpy(), c_t, atol=1e-10)
+  assert np.max(np.abs(x.mean(0) - m_t)) < 0.05
+  assert np.max(np.abs(np.cov(x.T) - c_t)) < 0.06
+  assert gls.sample(3, torch.Generator()).shape == (3, *SHAPE)
+
+
+def test_at_shares_factorisation_and_changes_time():
+  mean, cov = _data_moments()
+  gls = init.GaussianLateStart.from_moments(SCHED, 500, mean, cov, SHAPE)
+  other = gls.at(200)
+  assert other.eigvecs is gls.eigvecs and other.t_start == 200
+  np.testing.assert_allclose(other.covariance().numpy(), _target(mean, cov, 200)[1], atol=1e-10)
+
+
+def test_same_noise_as_standard_normal_and_batch_independent():
+  mean, cov = _data_moments()
+  gls = init.GaussianLateStart.from_moments(SCHED, 999, mean, cov, SHAPE)
+  z = init.StandardNormal(SHAPE, 999).sample(4, rng.per_sample_generators(0, range(4)))
+  x = gls.sample(4, rng.per_sample_generators(0, range(4)))
+  # At t = T-1, alpha_bar = 4e-5: the symmetric-root draw is the vanilla draw up to O(sqrt(a)).
+  assert torch.max(torch.abs(x.float() - z)) < 0.05
+  x2 = gls.sample(2, rng.per_sample_generators(0, [2, 3]))
+  torch.testing.assert_close(x[2:], x2)
+  low = init.GaussianLateStart.from_moments(SCHED, 999, mean, cov, SHAPE, rank=2)
+  x3 = low.sample(2, rng.per_sample_generators(0, [2, 3]))
+  torch.testing.assert_close(x3, low.sample(4, rng.per_sample_generators(0, range(4)))[2:])
+
+
+def test_rank_r_preserves_per_pixel_variance():
+  mean, cov = _data_moments(1)
+  for rank in [1, 3]:
+    low = init.GaussianLateStart.from_moments(SCHED, 300, mean, cov, SHAPE, rank=rank)
+    c_t = _target(mean, cov, 300)[1]
+    np.testing.assert_allclose(np.diag(low.covariance().numpy()), np.diag(c_t), atol=1e-10)
+    x = low.sample(20000, torch.Generator().manual_seed(1)).reshape(20000, D).numpy()
+    np.testing.assert_allclose(x.var(0, ddof=1), np.diag(c_t), rtol=0.05)
+  with pytest.raises(ValueError, match='gls_rank'):
+    init.GaussianLateStart.from_moments(SCHED, 300, mean, cov, SHAPE, rank=D + 1)
+
+
+def test_float32_option():
+  mean, cov = _data_moments()
+  gls = init.GaussianLateStart.from_moments(SCHED, 400, mean, cov, SHAPE, dtype=torch.float32)
+  x = gls.sample(5, torch.Generator().manual_seed(0))
+  assert x.dtype == torch.float32
+  x64 = init.GaussianLateStart.from_moments(SCHED, 400, mean, cov, SHAPE).sample(
+      5, torch.Generator().manual_seed(0))
+  torch.testing.assert_close(x.double(), x64, atol=1e-4, rtol=1e-4)
+
+
+def _batches(data, bs=100):
+  return [torch.as_tensor(data[i:i + bs]).reshape(-1, *SHAPE) for i in range(0, len(data), bs)]
+
+
+def test_monte_carlo_moments_match_exact():
+  mean, cov = _data_moments(2)
+  data = np.random.default_rng(3).multivariate_normal(mean, cov, size=20000)
+  mc = init.monte_carlo_moments(_batches(data), SCHED, 300, torch.Generator().manual_seed(0))
+  m_t, c_t = _target(mean, cov, 300)
+  assert mc['count'] == 20000 and mc['t_start'] == 300
+  assert np.max(np.abs(mc['mean'] - m_t)) < 0.05
+  assert np.max(np.abs(mc['cov'] - c_t)) < 0.06
+  gls = init.GaussianLateStart.from_noised_moments(300, mc['mean'], mc['cov'], SHAPE)
+  np.testing.assert_allclose(gls.covariance().numpy(), mc['cov'], atol=1e-10)
+  with pytest.raises(ValueError, match='gls_fit'):
+    gls.at(500)
+
+
+def test_compute_data_moments_matches_numpy():
+  data = np.random.default_rng(0).standard_normal((250, D))
+  m = init.compute_data_moments(_batches(data, 64))
+  np.testing.assert_allclose(m['mean'], data.mean(0), atol=1e-12)
+  np.testing.assert_allclose(m['cov'], np.cov(data.T), atol=1e-12)
+  assert m['count'] == 250
+  with pytest.raises(ValueError, match='empty'):
+    init.compute_data_moments([])
+
+
+def test_moments_file_round_trip_and_errors(tmp_path):
+  data = np.random.default_rng(0).standard_normal((50, 2 * 4 * 4))
+  m = init.compute_data_moments([torch.as_tensor(data).reshape(50, 2, 4, 4)])
+  path = init.moments_path(str(tmp_path), 'MNIST', 4)
+  assert path.endswith('mnist_4_moments.npz')
+  init.save_moments(path, m, 'MNIST', 4, 2)
+  back = init.load_moments(path, 'mnist', 4, 2)
+  np.testing.assert_array_equal(back['cov'], m['cov'])
+  assert back['count'] == 50
+  with pytest.raises(ValueError, match='dataset'):
+    init.load_moments(path, 'cifar10', 4, 2)
+  with pytest.raises(ValueError, match='image_size'):
+    init.load_moments(path, 'mnist', 8, 2)
+  with pytest.raises(FileNotFoundError, match='gauss_stats'):
+    init.load_moments(str(tmp_path / 'nope.npz'), 'mnist', 4, 2)
+  with pytest.raises(ValueError, match='shape'):
+    init.GaussianLateStart.from_moments(SCHED, 10, back['mean'], back['cov'], (3, 4, 4))
