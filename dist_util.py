@@ -8,6 +8,7 @@ Without torchrun (WORLD_SIZE unset) every function here is a no-op and the code 
   and the results are gathered back into index order, so the samples do not depend on the number of GPUs.
 * Only rank 0 writes files (checkpoints, npz, tables, TensorBoard).
 """
+import atexit
 import os
 
 import numpy as np
@@ -37,6 +38,14 @@ def init():
     if torch.cuda.is_available():
       torch.cuda.set_device(local_rank())
     dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+    # Without an explicit destroy, gloo's threads can abort the interpreter at exit ("terminate called
+    # without an active exception", SIGABRT) after all the work is done.
+    atexit.register(cleanup)
+
+
+def cleanup():
+  if dist.is_initialized():
+    dist.destroy_process_group()
 
 
 def barrier():
