@@ -110,7 +110,7 @@ def run_cell(config, cell, ctx):
   batches = (torch.from_numpy(images[i:i + e.batch_size]) for i in range(0, len(images), e.batch_size))
   mu, sigma, n, feats = evaluation.feature_moments(batches, ctx['inception'], device=ctx['device'], progress=False)
   ref = ctx['ref']
-  fid = evaluation.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])
+  fid = evaluation.fid_to_reference(mu, sigma, ref)  # reference sqrt computed once per sweep
   kid_mean, kid_std = evaluation.kid(feats, ref['feats'], subset_size=min(e.kid_subset_size, len(feats),
                                                                          len(ref['feats'])))
   return dict(cell, nfe=nfe(cell['method'], len(timesteps), **options), timesteps=[int(t) for t in timesteps],

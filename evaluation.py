@@ -251,6 +251,33 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6) -> float:
   return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def sqrt_psd(sigma) -> np.ndarray:
+  """Symmetric square root of a PSD matrix (D,D) via eigh, negative round-off eigenvalues clipped to 0."""
+  w, v = np.linalg.eigh(np.asarray(sigma, np.float64))
+  return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def fid_to_reference(mu, sigma, ref) -> float:
+  """FID of (mu, sigma) against a reference stats dict (from load_stats), for sweeps of many cells.
+
+  S1 S2 and S2^1/2 S1 S2^1/2 share their eigenvalues, so Tr sqrtm(S1 S2) = sum sqrt(eigvalsh(S2^1/2 S1 S2^1/2))
+  exactly; S2^1/2 is computed once and cached in ``ref``. This is the independent method of
+  fixtures/fid_inception/frechet.json and ~5x faster than scipy's sqrtm at D = 2048; it needs no eps fallback
+  because a symmetric eigensolver does not fail on singular covariances.
+  """
+  mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+  if mu.shape != np.shape(ref['mu']) or sigma.shape != np.shape(ref['sigma']):
+    raise ValueError(f'mismatched statistics: mu {mu.shape} vs {np.shape(ref["mu"])}; both sides must come from '
+                     'the same feature network')
+  if 'sigma_sqrt' not in ref:
+    ref['sigma_sqrt'] = sqrt_psd(ref['sigma'])
+  root = ref['sigma_sqrt']
+  inner = root @ sigma @ root
+  trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+  diff = mu - ref['mu']
+  return float(diff.dot(diff) + np.trace(sigma) + np.trace(ref['sigma']) - 2 * trace_covmean)
+
+
 def _mmd2_unbiased(x, y):
   """Unbiased MMD^2 with the cubic polynomial kernel k(a,b) = (a.b/d + 1)^3 (KID, Binkowski et al. 2018)."""
   d, m = x.shape[1], x.shape[0]

@@ -68,7 +68,7 @@ def train_classifier(images, labels, images_test, labels_test, epochs: int = 20,
     raise ValueError(f'need as many labels as images (and at least one): {len(x)} images, {len(y)} labels')
   if x.shape[2] != x.shape[3]:
     raise ValueError(f'images must be square, got {tuple(x.shape[2:])}')
-  num_classes = int(max(y.max(), int(np.max(labels_test)) if len(labels_test) else 0)) + 1
+  num_classes = int(max(y.max(), int(np.asarray(labels_test).max()) if len(labels_test) else 0)) + 1
   gen = torch.Generator().manual_seed(seed)  # explicit generators: init, dropout order and shuffling repeat
   with torch.random.fork_rng():
     torch.manual_seed(seed)

@@ -118,7 +118,7 @@ def _fid_kid(images, inception, ref, config, device):
   mu, sigma, n, feats = evaluation.feature_moments(batches, inception, device=device, progress=False)
   kid, _ = evaluation.kid(feats, ref['feats'], subset_size=min(config.eval.kid_subset_size, len(feats),
                                                                len(ref['feats'])))
-  return dict(fid=float(evaluation.frechet_distance(mu, sigma, ref['mu'], ref['sigma'])), kid=float(kid))
+  return dict(fid=evaluation.fid_to_reference(mu, sigma, ref), kid=float(kid))
 
 
 def predicted_tc(config, workdir):

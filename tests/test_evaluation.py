@@ -161,3 +161,17 @@ def test_fid_from_stats_errors():
     ev.fid_from_stats(a, dict(a, count=1))
   with pytest.raises(ValueError, match='at least 2'):
     ev.save_stats('/tmp/never.npz', np.zeros(4), np.eye(4), 1, 'x', 8)
+
+
+@pytest.mark.parametrize('case, atol', [('full', 1e-9), ('singular_10rows', 1e-4)])
+def test_fid_to_reference_matches_golden_and_sqrtm(fixtures_dir, case, atol):
+  folder = os.path.join(fixtures_dir, 'fid_inception')
+  z = np.load(os.path.join(folder, 'frechet_cases.npz'))
+  case_info = json.load(open(os.path.join(folder, 'frechet.json')))['cases'][case]
+  ref = {'mu': z[f'{case}_mu2'], 'sigma': z[f'{case}_sigma2']}
+  got = ev.fid_to_reference(z[f'{case}_mu1'], z[f'{case}_sigma1'], ref)
+  np.testing.assert_allclose(got, case_info['independent_eigen_reference'], rtol=1e-7)
+  np.testing.assert_allclose(got, case_info['pytorch_fid_value'], atol=atol)
+  assert 'sigma_sqrt' in ref  # cached for the next cell of a sweep
+  with pytest.raises(ValueError, match='mismatched'):
+    ev.fid_to_reference(np.zeros(3), np.eye(3), ref)

@@ -1,0 +1,76 @@
+"""End-to-end: potentials, late_start_curve, predicted_tc and diversity on a tiny digits model."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import eval_lib
+import run_lib
+from analysis import ssb_experiments
+from conftest import tiny_digits_config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('ssb')
+  mp = pytest.MonkeyPatch()
+  mp.setenv('SSB_CACHE_DIR', str(tmp / 'cache'))
+  config = tiny_digits_config(tmp, **{'training.snapshot_sampling': False})
+  workdir = str(tmp / 'run')
+  run_lib.train(config, workdir)
+  yield config, workdir
+  mp.undo()
+
+
+def test_potentials_plot_and_csv(trained):
+  config, workdir = trained
+  config.analysis.potential_steps = 10
+  config.analysis.potential_times = (900, 500, 100)
+  rows = ssb_experiments.potentials(config, workdir)
+  assert os.path.exists(os.path.join(workdir, 'analysis', 'potentials.png'))
+  for t in (900, 500, 100):
+    u = np.array([r[2] for r in rows if r[0] == t])
+    assert len(u) == 61 and np.all(np.isfinite(u)) and u.min() == 0.0
+
+
+def test_late_start_curve_resumes(trained, monkeypatch):
+  config, workdir = trained
+  config.data.num_train = 16
+  eval_lib.fid_stats(config, workdir)
+  config.analysis.late_start_ts = (60, 20)
+  config.analysis.late_start_samples = 6
+  config.eval.kid_subset_size = 6
+  rows = ssb_experiments.late_start_curve(config, workdir)
+  assert [(r['init'], r['t'], r['nfe']) for r in rows] == [('normal', 60, 61), ('normal', 20, 21), ('gls', 60, 61),
+                                                           ('gls', 20, 21)]
+  assert all(np.isfinite(r['fid']) for r in rows)
+  assert os.path.exists(os.path.join(workdir, 'analysis', 'late_start_curve.png'))
+  monkeypatch.setattr(run_lib, 'generate', lambda *a, **k: pytest.fail('a finished point was recomputed'))
+  assert ssb_experiments.late_start_curve(config, workdir) == rows
+
+
+def test_predicted_tc_reports_sweep_best(trained):
+  config, workdir = trained
+  config.data.num_train = 0
+  os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
+  fake = {'ddim_n3_gls_tc400': dict(method='ddim', num_steps=3, init='gls', t_start=400, fid=5.0),
+          'ddim_n3_gls_tc600': dict(method='ddim', num_steps=3, init='gls', t_start=600, fid=7.0)}
+  eval_lib._save_json(fake, os.path.join(workdir, 'eval', 'results.json'))
+  out = ssb_experiments.predicted_tc(config, workdir)
+  assert 200 < out['predicted_tc'] < 700 and out['fid_optimal_tc'] == {'ddim_n3': 400}
+  assert json.load(open(os.path.join(workdir, 'analysis', 'predicted_tc.json'))) == out
+  os.remove(os.path.join(workdir, 'eval', 'results.json'))
+
+
+def test_diversity_trains_classifier_and_plots(trained):
+  config, workdir = trained
+  config.analysis.classifier_epochs = 3
+  config.sampling.t_start = 400
+  config.eval.num_samples = 16
+  out = ssb_experiments.diversity(config, workdir)
+  assert out['classifier_test_accuracy'] > 0.5
+  assert set(out['compositions']) == {'vanilla', 'gls (t_c=400)'}
+  for comp in out['compositions'].values():
+    assert abs(sum(comp['fractions']) - 1) < 1e-6 and 0 <= comp['entropy'] <= np.log(10) + 1e-9
+  assert os.path.exists(os.path.join(workdir, 'analysis', 'diversity.png'))
