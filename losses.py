@@ -23,7 +23,8 @@ def get_optimizer(config, params):
   if config.optim.optimizer != 'Adam':
     raise ValueError(f'config.optim.optimizer={config.optim.optimizer!r} is not supported; use "Adam"')
   return torch.optim.Adam(params, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
-                          eps=config.optim.eps, weight_decay=config.optim.weight_decay)
+                          eps=config.optim.eps, weight_decay=config.optim.weight_decay,
+                          foreach=True)  # multi-tensor update; PyTorch's CPU default is the slower per-tensor loop
 
 
 def learning_rate(config, step):
