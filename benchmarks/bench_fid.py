@@ -44,6 +44,8 @@ def main():
   print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, N={args.num_images}, '
         f'{args.image_size}x{args.image_size}, batch {args.batch_size}')
 
+  with torch.inference_mode():  # warm-up, so that no timed run pays for first-call allocations
+    model(torch.rand(2, 3, 299, 299))
   with tempfile.TemporaryDirectory() as folder:
     files = _write_pngs(images_u8, folder)
     t0 = time.perf_counter()

@@ -1,0 +1,56 @@
+"""Training speed of a config through the real loop (run_lib.train): steps per second on this machine.
+
+  python benchmarks/bench_train.py [--config configs/ddpm/digits.py] [--steps 300]
+
+Runs --steps steps in a temporary workdir with the config's batch size, logging, eval loss and preemption
+checkpoints as configured (snapshot sample grids off, so the number is the training loop alone), and
+reports the wall time of the steps after the first 20 (warm-up excluded).
+"""
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+import run_lib  # noqa: E402
+
+
+def load_config(path):
+  spec = importlib.util.spec_from_file_location('bench_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def timed_train(config, steps, workdir):
+  config.training.n_iters = steps
+  config.training.snapshot_sampling = False
+  config.training.snapshot_freq = steps
+  start = time.perf_counter()
+  run_lib.train(config, workdir)
+  return time.perf_counter() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config', default='configs/ddpm/digits.py')
+  parser.add_argument('--steps', type=int, default=300)
+  args = parser.parse_args()
+  config = load_config(args.config)
+  with tempfile.TemporaryDirectory() as tmp:
+    warm = timed_train(load_config(args.config), 20, os.path.join(tmp, 'warm'))
+    total = timed_train(config, args.steps + 20, os.path.join(tmp, 'run'))
+  per_step = (total - warm) / args.steps
+  print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, config {args.config}, '
+        f'batch {config.training.batch_size}')
+  print(f'{args.steps} steps after a 20-step warm-up: {per_step * 1000:.1f} ms/step, {1 / per_step:.2f} steps/s '
+        f'(n_iters={load_config(args.config).training.n_iters} would take {load_config(args.config).training.n_iters * per_step:.0f} s)')
+
+
+if __name__ == '__main__':
+  main()
