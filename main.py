@@ -26,6 +26,7 @@ MODE_HELP = {
     'late_start_curve': 'FID/KID of the ancestral sampler started from N(0, I) at t, against t',
     'predicted_tc': 'data-only t_c from the stability of the central fixed point',
     'memorization': 'memorization -> generalization experiment over training-set sizes',
+    'mem_score': 'memorization / generalization / kNN scores of config.analysis.samples_file vs the training set',
     'jacobian_rank': 'Jacobian rank of the denoiser along a sampling trajectory',
 }
 

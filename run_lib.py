@@ -431,5 +431,6 @@ MODES = {
     'late_start_curve': _lazy('analysis.ssb_experiments', 'late_start_curve'),
     'predicted_tc': _lazy('analysis.ssb_experiments', 'predicted_tc'),
     'memorization': _lazy('analysis.gen_experiments', 'memorization'),
+    'mem_score': _lazy('analysis.gen_experiments', 'mem_score'),
     'jacobian_rank': _lazy('analysis.gen_experiments', 'jacobian_rank'),
 }

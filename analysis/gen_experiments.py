@@ -140,6 +140,36 @@ def _plot_memorization(rows, path):
   plt.close(fig)
 
 
+def mem_score(config, workdir):
+  """--mode=mem_score: memorization / generalization / kNN-ratio scores of any samples file
+  (config.analysis.samples_file: npz with key 'samples', (N, C, H, W) in [0, 1]) against the config's training
+  split. Writes analysis/mem_score_{file name}.json and prints it."""
+  a = config.analysis
+  if not a.samples_file or not os.path.isfile(a.samples_file):
+    raise FileNotFoundError(f'config.analysis.samples_file={a.samples_file!r} is not a file: pass an npz written by '
+                            '--mode=sample or --mode=eval, e.g. --config.analysis.samples_file=DIR/samples/x.npz')
+  with np.load(a.samples_file) as f:
+    if 'samples' not in f.files:
+      raise ValueError(f'{a.samples_file} has no "samples" array (keys: {f.files})')
+    samples = torch.from_numpy(np.asarray(f['samples'], np.float32))
+  train_imgs, _ = datasets.load_arrays(config, 'train')
+  if tuple(samples.shape[1:]) != tuple(train_imgs.shape[1:]):
+    raise ValueError(f'samples {tuple(samples.shape)} do not match the {config.data.dataset} training images '
+                     f'{tuple(train_imgs.shape)}: use the config the samples were drawn with')
+  device = run_lib.get_device(config)
+  feature_net = mem_lib.load_feature_net(a.feature_net, device=device)
+  threshold = a.threshold if a.threshold >= 0 else mem_lib.default_threshold(a.feature_net)
+  mem = mem_lib.memorization_score(feature_net(samples), feature_net(train_imgs), threshold)
+  out = dict(samples_file=a.samples_file, num_samples=len(samples), num_train=len(train_imgs),
+             feature_net=a.feature_net, threshold=float(threshold), mem_score=mem['mem'], gen_score=mem['gen'],
+             knn_mem=mem_lib.knn_ratio_memorization(samples, train_imgs)['mem'])
+  os.makedirs(os.path.join(workdir, 'analysis'), exist_ok=True)
+  name = os.path.splitext(os.path.basename(a.samples_file))[0]
+  eval_lib._save_json(out, os.path.join(workdir, 'analysis', f'mem_score_{name}.json'))
+  print(json.dumps(out, indent=1))
+  return out
+
+
 # ---------------------------------------------------------------------------------------- Jacobian rank
 def _x0_fn(eps_fn, schedule):
   """x0-prediction (B, ...) -> (B, ...) of an eps function; differentiable (no inference_mode)."""

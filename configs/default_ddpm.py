@@ -105,6 +105,7 @@ def get_default_configs():
   analysis.mem_num_steps = 50  # DDIM steps for the model and the optimal denoiser (same seeds)
   analysis.feature_net = 'pixels'  # pixels | inception | path to an SSCD TorchScript file
   analysis.threshold = -1.0  # cosine threshold; -1 = the calibrated default of the feature net
+  analysis.samples_file = ''  # --mode=mem_score: an npz with key 'samples' (N, C, H, W) in [0, 1]
   # --mode=jacobian_rank
   analysis.jacobian_num_samples = 4
   analysis.jacobian_num_steps = 20

@@ -41,3 +41,25 @@ def test_jacobian_rank_model_and_exact(tmp_path):
   assert max(r['rank'] for r in exact) <= 31
   assert exact[-1]['rank'] <= 1  # t = 0: it snaps onto the nearest training image, Jacobian ~ 0
   assert os.path.exists(os.path.join(workdir, 'analysis', 'jacobian_rank.png'))
+
+
+def test_mem_score_of_a_samples_file(tmp_path):
+  import datasets
+  import pytest
+  config = tiny_digits_config(tmp_path)
+  train, _ = datasets.load_arrays(config, 'train')
+  copies = train[:6].numpy()
+  noise = np.random.default_rng(0).uniform(0, 1, size=(4,) + copies.shape[1:]).astype(np.float32)
+  path = tmp_path / 'samples.npz'
+  np.savez(path, samples=np.concatenate([copies, noise]))
+  config.analysis.samples_file = str(path)
+  out = gen_experiments.mem_score(config, str(tmp_path / 'run'))
+  assert out['num_samples'] == 10 and out['num_train'] == len(train)
+  assert out['mem_score'] == 0.6 and out['knn_mem'] == 0.6  # the 6 exact copies, not the 4 noise images
+  assert os.path.exists(tmp_path / 'run' / 'analysis' / 'mem_score_samples.json')
+  np.savez(path, samples=np.zeros((3, 1, 16, 16), np.float32))
+  with pytest.raises(ValueError, match='do not match'):
+    gen_experiments.mem_score(config, str(tmp_path / 'run'))
+  config.analysis.samples_file = str(tmp_path / 'missing.npz')
+  with pytest.raises(FileNotFoundError, match='samples_file'):
+    gen_experiments.mem_score(config, str(tmp_path / 'run'))
