@@ -95,11 +95,8 @@ def run_cell(config, cell, ctx):
   t0 = time.time()
   schedule, e = ctx['schedule'], config.eval
   timesteps = run_lib.sample_timesteps(config, cell['method'], cell['num_steps'], cell['t_start'], cell['grid'])
-  if cell['init'] == 'gls' and ctx['moments'] is not None:  # one eigendecomposition serves every t_c
-    ctx.setdefault('gls', run_lib.build_initialiser(config, schedule, cell['t_start'], 'gls', ctx['moments']))
-    init = ctx['gls'].at(cell['t_start'])
-  else:
-    init = run_lib.build_initialiser(config, schedule, cell['t_start'], cell['init'], ctx['moments'])
+  init = run_lib.build_initialiser(config, schedule, cell['t_start'], cell['init'], ctx['moments'],
+                                   cache=ctx['initialisers'])  # one eigendecomposition serves every t_c
   options = run_lib.sampler_options(cell['method'], config.sampling)
   images = run_lib.generate(ctx['eps_fn'], schedule, cell['method'], timesteps, init, e.num_samples, e.batch_size,
                             config.seed, ctx['device'], ctx['inverse'], options, desc=cell['key'])
@@ -126,7 +123,7 @@ def _context(config, workdir):
   needs_gls = any(c['init'] == 'gls' for c in sweep_cells(config))
   moments = run_lib.late_start_moments(config) if needs_gls and config.sampling.gls_fit == 'exact' else None
   eps_fn, step = run_lib.load_ema_model(config, workdir, device)
-  return dict(device=device, ref=ref, moments=moments, eps_fn=eps_fn, step=step,
+  return dict(device=device, ref=ref, moments=moments, eps_fn=eps_fn, step=step, initialisers={},
               schedule=sde_lib.DDPMSchedule.from_config(config), inverse=datasets.get_data_inverse_scaler(config),
               inception=evaluation.load_inception(config.eval.inception_path, device) if dist_util.is_main() else None,
               outdir=os.path.join(workdir, 'eval'))

@@ -119,11 +119,16 @@ def build_state(config, device):
   return model, ema, optimizer
 
 
+def _rank_seed(config, stream):
+  """Seed of one random stream (0 noise, 1 dropout, 4 flips) of this process: each torchrun rank draws its own
+  numbers, and rank 0 is the single-process run."""
+  return config.seed + stream + 7919 * dist_util.rank()
+
+
 def _train_step(config, model, ema, optimizer, schedule, batch, step):
   """One update; every random draw comes from a generator seeded by (seed, step), so runs resume exactly."""
-  offset = 7919 * dist_util.rank()  # each rank draws its own noise (rank 0 = the single-process run)
-  gen = torch.Generator().manual_seed(rng.sample_seed(config.seed + offset, step))
-  torch.manual_seed(rng.sample_seed(config.seed + 1 + offset, step))  # dropout masks
+  gen = torch.Generator().manual_seed(rng.sample_seed(_rank_seed(config, 0), step))
+  torch.manual_seed(rng.sample_seed(_rank_seed(config, 1), step))  # dropout masks
   model.train()
   loss = losses.ddpm_loss(model, schedule, batch, gen)
   if not torch.isfinite(loss):
@@ -187,7 +192,7 @@ def train(config, workdir):
   pbar = tqdm(total=n_iters, initial=step, desc='train', dynamic_ncols=True, disable=not main)
   try:
     while step < n_iters:
-      flip_gen = torch.Generator().manual_seed(rng.sample_seed(config.seed + 4 + 7919 * dist_util.rank(), step))
+      flip_gen = torch.Generator().manual_seed(rng.sample_seed(_rank_seed(config, 4), step))
       x = scaler(_flip(next(batches)[0], flip_gen, config.data.random_flip)).to(device)
       loss, grad_norm, lr = _train_step(config, ddp_model, ema, optimizer, schedule, x, step)
       step += 1
@@ -332,14 +337,22 @@ def late_start_moments(config):
   return moments
 
 
-def build_initialiser(config, schedule, t_start, init=None, moments=None):
-  """StandardNormal at t_start, or the Gaussian late start fitted to the data (config.sampling.gls_*)."""
+def build_initialiser(config, schedule, t_start, init=None, moments=None, cache=None):
+  """StandardNormal at t_start, or the Gaussian late start fitted to the data (config.sampling.gls_*).
+
+  cache: a dict the caller keeps across t_c values; the exact fit is then eigendecomposed once and re-timed
+  with ``.at(t_start)`` (the Monte-Carlo fit is specific to its t_start and is always refitted).
+  """
   from samplers import initialisers
   init = init or config.sampling.init
   shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
   if init == 'normal':
     return initialisers.StandardNormal(shape, t_start)
   s = config.sampling
+  if cache is not None and s.gls_fit == 'exact':
+    if 'gls' not in cache:
+      cache['gls'] = build_initialiser(config, schedule, t_start, 'gls', moments)
+    return cache['gls'].at(t_start)
   dtype = torch.float32 if s.gls_dtype == 'float32' else torch.float64
   if s.gls_fit == 'monte_carlo':  # the paper's fit: one noised copy of each image at t_start, then np.cov
     gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, t_start))

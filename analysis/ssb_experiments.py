@@ -81,7 +81,7 @@ def late_start_curve(config, workdir):
   inception = evaluation.load_inception(config.eval.inception_path, device)
   moments = run_lib.late_start_moments(config) if 'gls' in a.late_start_inits else None
   path = os.path.join(outdir, 'late_start.json')
-  results = eval_lib._load_results(path)
+  results, initialisers = eval_lib._load_results(path), {}
   for init in a.late_start_inits:
     for t in a.late_start_ts:
       key = f'{init}_t{t}'
@@ -89,7 +89,8 @@ def late_start_curve(config, workdir):
         continue
       timesteps = run_lib.sample_timesteps(config, 'ddpm', t + 1, t, 'late_start')  # every step t..0
       images = run_lib.generate(eps_fn, schedule, 'ddpm', timesteps,
-                                run_lib.build_initialiser(config, schedule, t, init, moments), a.late_start_samples,
+                                run_lib.build_initialiser(config, schedule, t, init, moments, initialisers),
+                                a.late_start_samples,
                                 config.eval.batch_size, config.seed, device, datasets.get_data_inverse_scaler(config),
                                 desc=key)
       results[key] = dict(init=init, t=t, nfe=len(timesteps), num_samples=len(images),
