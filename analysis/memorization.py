@@ -144,24 +144,33 @@ class PixelFeatures:
     return F.normalize(x, dim=1).float()
 
 
+@torch.no_grad()
+def _rgb_batched_features(images, embed, batch_size, device):
+  """L2-normalised embed(batch) over images (N, C, H, W) in [0, 1], in batches on ``device``, grey tiled to
+  RGB; returns (N, F) float32 on the CPU."""
+  x = _to_tensor(images, 'images').float()
+  outs = []
+  for lo in range(0, x.shape[0], batch_size):
+    b = x[lo:lo + batch_size].to(device)
+    b = b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
+    outs.append(F.normalize(embed(b).flatten(1).float(), dim=1).cpu())
+  return torch.cat(outs)
+
+
 class _TorchScriptFeatures:
   """SSCD-style wrapper: resize to `size`, grey -> RGB, ImageNet normalisation, L2-normalised output."""
 
   def __init__(self, model, size=320, device='cpu', batch_size=32):
     self.model, self.size, self.device, self.batch_size = model, size, torch.device(device), batch_size
 
-  @torch.no_grad()
+  def _embed(self, b):
+    b = F.interpolate(b, size=(self.size, self.size), mode='bilinear', align_corners=False)
+    mean = torch.tensor(IMAGENET_MEAN, device=b.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=b.device).view(1, 3, 1, 1)
+    return self.model((b - mean) / std)
+
   def __call__(self, images):
-    x = _to_tensor(images, 'images').float()
-    outs = []
-    for lo in range(0, x.shape[0], self.batch_size):
-      b = x[lo:lo + self.batch_size].to(self.device)
-      b = b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
-      b = F.interpolate(b, size=(self.size, self.size), mode='bilinear', align_corners=False)
-      mean = torch.tensor(IMAGENET_MEAN, device=b.device).view(1, 3, 1, 1)
-      std = torch.tensor(IMAGENET_STD, device=b.device).view(1, 3, 1, 1)
-      outs.append(F.normalize(self.model((b - mean) / std).flatten(1).float(), dim=1).cpu())
-    return torch.cat(outs)
+    return _rgb_batched_features(images, self._embed, self.batch_size, self.device)
 
 
 class _InceptionFeatures:
@@ -171,15 +180,8 @@ class _InceptionFeatures:
     from evaluation import load_inception  # lazy: heavy, and owned by the evaluation module
     self.model, self.device, self.batch_size = load_inception(device=device), torch.device(device), batch_size
 
-  @torch.no_grad()
   def __call__(self, images):
-    x = _to_tensor(images, 'images').float()
-    outs = []
-    for lo in range(0, x.shape[0], self.batch_size):
-      b = x[lo:lo + self.batch_size].to(self.device)
-      b = b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
-      outs.append(F.normalize(self.model(b)[0].flatten(1), dim=1).cpu())
-    return torch.cat(outs)
+    return _rgb_batched_features(images, lambda b: self.model(b)[0], self.batch_size, self.device)
 
 
 def load_feature_net(name_or_path, reference=None, device='cpu'):
