@@ -6,7 +6,7 @@ VARIANTS = ('ssb', 'score_sde')
 METHODS = ('ddpm', 'ddim', 'pndm')
 INITS = ('normal', 'gls')
 GRIDS = ('late_start', 'uniform', 'quad')
-PNDM_VARIANTS = ('f-pndm', 's-pndm', 'plms')
+PNDM_VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
 GLS_FITS = ('exact', 'monte_carlo')
 
 

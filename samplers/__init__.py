@@ -24,8 +24,9 @@ def get_sampler(name):
 def nfe(method, num_steps, **options):
   """Network calls of ``method`` for ``num_steps`` steps (report it beside n).
 
-  options: ``variant`` for pndm (default 'f-pndm'); others are ignored. ddpm and ddim make
-  one call per step (the full chain too: num_steps = t_start + 1 calls).
+  options: ``variant`` for pndm (samplers.pndm.VARIANTS, default 'f-pndm'; the samplers.pndm
+  doc gives each one's NFE, e.g. plms n + 1, plms-euler n); others are ignored. ddpm and ddim
+  make one call per step (the full chain too: num_steps = t_start + 1 calls).
   """
   get_sampler(method)
   if int(num_steps) < 1:

@@ -1,20 +1,30 @@
-"""Pseudo numerical methods for diffusion models (Liu et al. 2022, "PNDM"); SPEC section 5.
+"""Pseudo numerical methods for diffusion models (Liu et al. 2022, "Pseudo Numerical Methods for
+Diffusion Models on Manifolds", PNDM); docs/samplers.md has the derivations and grids.
 
 All variants move x with the transfer step phi (the deterministic DDIM step; PNDM Eq. 9):
   phi(x, t -> t', eps) = sqrt(a'/a) x + (sqrt(1-a') - sqrt(a' (1-a) / a)) eps,
-with a = alpha_bar(t), a' = alpha_bar(t'), and differ only in the eps' fed to it:
+with a = alpha_bar(t), a' = alpha_bar(t'), and differ only in the eps' fed to it. e_k below is
+eps at the k-th grid state (one call per step, the "history"); n = len(timesteps).
 
-* ``'f-pndm'`` (the paper's choice, Liu et al. "F-PNDM", pseudo 4th order): the first 3 steps
-  are pseudo Runge-Kutta (4 calls each: e1 at t, e2 and e3 at the midpoint, e4 at t'; only e1
-  enters the history), then the 4th-order linear multistep
+* ``'f-pndm'`` (the paper's choice, "F-PNDM", pseudo 4th order): the first 3 steps are pseudo
+  Runge-Kutta (PNDM Eq. 13; 4 calls each: e1 at t, e2 and e3 at the midpoint, e4 at t'; only e1
+  enters the history), then the 4th-order linear multistep (PNDM Eq. 12)
   eps' = (55 e_k - 59 e_{k-1} + 37 e_{k-2} - 9 e_{k-3}) / 24 (1 call). NFE = n + 9 for n >= 3,
   4 n for n <= 3 (RK for min(n, 3) steps, as the reference code): 1 -> 4, 2 -> 8, 3 -> 12.
-* ``'s-pndm'`` (Liu et al. "S-PNDM", as their code's ``gen_order_2``): pseudo 2nd-order linear
+* ``'s-pndm'`` ("S-PNDM", as the paper's code's ``gen_order_2``): pseudo 2nd-order linear
   multistep eps' = (3 e_k - e_{k-1}) / 2, with a first step of pseudo improved Euler
   (e1 at t, e2 at t' after phi with e1, eps' = (e1 + e2)/2; 2 calls). NFE = n + 1.
-* ``'plms'`` (the pseudo linear multistep without any Runge-Kutta, as in the PLMS scheduler of
-  diffusers): Adams-Bashforth of order min(k+1, 4) on the history, i.e. eps' = e_1, then
-  (3 e_k - e_{k-1})/2, then (23, -16, 5)/12, then the 4th-order formula. NFE = n.
+* ``'plms'`` (equals diffusers' ``PNDMScheduler(skip_prk_steps=True)``, the PLMS of
+  crowsonkb / latent-diffusion, to float64 round-off; tests/test_samplers.py checks it against
+  tests/fixtures/plms_diffusers.npz): the first step is S-PNDM's pseudo improved Euler (e1 at t,
+  e2 at t' on phi(x, t -> t', e1), then phi(x, t -> t', (e1 + e2)/2) from the *old* x; only e1
+  enters the history), then Adams-Bashforth of order min(k+1, 4) on the history (PNDM Eq. 12 and
+  its lower-order forms): (3 e_k - e_{k-1})/2, then (23, -16, 5)/12, then the 4th-order formula.
+  NFE = n + 1 for n >= 2. With n = 1 diffusers makes a single Euler step (its timestep list is
+  just [t]), so NFE = 1 there, and we do the same.
+* ``'plms-euler'`` (this repo's earlier ``'plms'``; no reference implementation): as ``'plms'``
+  but the first step is a plain Euler step eps' = e_1 (= one DDIM eta = 0 step), so every step
+  costs one call. NFE = n.
 
 Fractional and negative times. The RK midpoint t_mid = (t + t')/2 is fractional. Rule (one for
 both uses): eps_fn receives the float t_mid, and alpha_bar(t_mid) is the schedule's
@@ -28,7 +38,7 @@ import math
 from samplers.ddim import new_trajectory, record, step_pairs
 from samplers.grids import check_timesteps
 
-VARIANTS = ('f-pndm', 's-pndm', 'plms')
+VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
 _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12),
        4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}  # Adams-Bashforth weights, newest first
 
@@ -41,6 +51,8 @@ def nfe(num_steps, variant='f-pndm'):
   if variant == 's-pndm':
     return n + 1
   if variant == 'plms':
+    return n + 1 if n >= 2 else 1
+  if variant == 'plms-euler':
     return n
   raise ValueError(f'unknown sampling.pndm_variant {variant!r}; choose one of {VARIANTS}')
 
@@ -102,8 +114,10 @@ def pndm(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajecto
       history.pop(0)
     if variant == 'f-pndm' and len(history) < 4:
       eps = _runge_kutta(eps_fn, schedule, x, t, t_next, a, a_next, e1)
-    elif variant == 's-pndm' and len(history) < 2:
-      e2 = _call(eps_fn, transfer(x, a, a_next, e1), t_next)  # pseudo improved Euler
+    elif (variant == 's-pndm' or (variant == 'plms' and t_next >= 0)) and len(history) < 2:
+      # Pseudo improved Euler. PLMS (diffusers) skips it when the first step is also the last
+      # one (n = 1): its timestep list then holds no second entry to evaluate e2 at.
+      e2 = _call(eps_fn, transfer(x, a, a_next, e1), t_next)
       eps = 0.5 * (e1 + e2)
     elif variant == 's-pndm':
       eps = _combine(history, 2)

@@ -258,3 +258,85 @@ def test_bad_grids_raise(call, field):
 def test_samplers_reject_bad_timesteps(seq):
   with pytest.raises(ValueError, match='timesteps'):
     samplers.ddim(lambda x, t: x, SCHED, torch.zeros(1, 2), seq)
+
+
+# ----------------------------------------------------------------------------- PLMS vs diffusers
+def _plms_fixture(fixtures_dir):
+  """Diffusers' PNDMScheduler(skip_prk_steps=True) outputs (tests/fixtures/make_plms_fixture.py)."""
+  with np.load(f'{fixtures_dir}/plms_diffusers.npz', allow_pickle=False) as f:
+    data = {k: f[k] for k in f.files}
+  return data, int(data['num_cases'])
+
+
+def _diag_gaussian_eps_fn(mu, s, schedule=SCHED):
+  """Exact eps of N(mu, diag(s^2)): (x - sqrt(a) mu) sqrt(1-a) / (a s^2 + 1 - a), a = alpha_bar(t)."""
+  def eps_fn(x, t):
+    a = float(schedule.alpha_bar(t))
+    return (x - math.sqrt(a) * mu) * math.sqrt(1 - a) / (a * s ** 2 + 1 - a)
+  return eps_fn
+
+
+def test_plms_fixture_uses_our_schedule(fixtures_dir):
+  data, num_cases = _plms_fixture(fixtures_dir)
+  table = SCHED.alpha_bar(torch.arange(1000)).numpy()
+  assert np.max(np.abs(table - data['alphas_cumprod'])) < 1e-12
+  kinds = [str(data[f'kind_{i}']) for i in range(num_cases)]
+  grids_seen = {tuple(data[f'grid_{i}'].tolist()) for i in range(num_cases)}
+  assert kinds.count('relabel') >= 6 and grids.late_start_grid(999, 5) in grids_seen
+  assert grids.late_start_grid(400, 10) in grids_seen
+
+
+def test_plms_matches_diffusers(fixtures_dir):
+  """variant='plms' equals diffusers' PLMS loop to 1e-9 in float64, with the same eps call times."""
+  data, num_cases = _plms_fixture(fixtures_dir)
+  mu, s = torch.tensor(data['mu']), torch.tensor(data['s'])
+  x_init = torch.tensor(data['x_init'])
+  for i in range(num_cases):
+    seq = data[f'grid_{i}'].tolist()
+    counter = _Counter(_diag_gaussian_eps_fn(mu, s))
+    out = samplers.pndm(counter, SCHED, x_init, seq, variant='plms')
+    diff = float(torch.max(torch.abs(out - torch.tensor(data[f'out_{i}']))))
+    assert diff < 1e-9, f'case {i} grid {seq}: max abs diff {diff}'
+    assert counter.times == data[f'times_{i}'].tolist(), f'case {i} grid {seq}'
+    n = len(seq)
+    assert counter.calls == samplers.nfe('pndm', n, variant='plms') == (n + 1 if n >= 2 else 1)
+
+
+def test_plms_first_step_is_improved_euler():
+  mu, sigma = _gaussian(4)
+  eps_fn, _ = gaussian_eps_fn(mu, sigma)
+  x = _start(3, 4)
+  a, a_next = float(SCHED.alpha_bar(999)), float(SCHED.alpha_bar(749))
+  c_x, c_eps = transfer_coefficients(a, a_next)
+  e1 = eps_fn(x, 999.0)
+  e2 = eps_fn(c_x * x + c_eps * e1, 749.0)
+  _, traj = samplers.pndm(eps_fn, SCHED, x, [999, 749, 0], variant='plms', return_trajectory=True)
+  torch.testing.assert_close(traj['x'][1], c_x * x + c_eps * 0.5 * (e1 + e2), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 5])
+def test_plms_euler_keeps_euler_start(n):
+  """'plms-euler' (the earlier 'plms'): first step = one DDIM eta=0 step, then AB2, NFE = n."""
+  mu, sigma = _gaussian(4)
+  counter = _Counter(gaussian_eps_fn(mu, sigma)[0])
+  x = _start(3, 4)
+  seq = grids.late_start_grid(999, n)
+  out, traj = samplers.pndm(counter, SCHED, x, seq, variant='plms-euler', return_trajectory=True)
+  assert counter.calls == samplers.nfe('pndm', n, variant='plms-euler') == n
+  _, traj_ddim = samplers.ddim(counter.fn, SCHED, x, seq, return_trajectory=True)
+  if n == 1:
+    torch.testing.assert_close(out, traj_ddim['x0_pred'][0], rtol=0, atol=1e-12)
+    return
+  torch.testing.assert_close(traj['x'][1], traj_ddim['x'][1], rtol=0, atol=1e-12)
+  t1, t2 = seq[1], (seq[2] if n > 2 else -1)
+  a, a_next = float(SCHED.alpha_bar(t1)), float(SCHED.alpha_bar(t2))
+  ab2 = 1.5 * counter.fn(traj['x'][1], float(t1)) - 0.5 * counter.fn(x, float(seq[0]))
+  c_x, c_eps = transfer_coefficients(a, a_next)
+  second = c_x * traj['x'][1] + c_eps * ab2
+  torch.testing.assert_close(traj['x'][2] if n > 2 else out, second, rtol=0, atol=1e-12)
+
+
+def test_plms_variants_accepted_by_config_validation():
+  from configs import validation
+  from samplers.pndm import VARIANTS
+  assert set(validation.PNDM_VARIANTS) == set(VARIANTS)
