@@ -1,4 +1,4 @@
-"""Training objective and optimiser (SPEC section 4: SSB / score_sde defaults)."""
+"""Training objective and optimiser (SSB / score_sde defaults; docs/model.md)."""
 import torch
 
 import rng

@@ -1,4 +1,4 @@
-"""The discrete DDPM noise schedule (SPEC section 2): the one object that owns every schedule quantity.
+"""The discrete DDPM noise schedule (docs/schedule.md): the one object that owns every schedule quantity.
 
 Convention used everywhere in the code base:
   * timesteps are integers t = 0..T-1 (passed to the network as floats);

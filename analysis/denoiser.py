@@ -1,4 +1,4 @@
-"""The optimal (empirical) denoiser of a finite training set (SPEC section 10; GEN, Zhang et al. 2024).
+"""The optimal (empirical) denoiser of a finite training set (Zhang et al. 2024; docs/gen.md).
 
 For training points {y_j} and x_t = sqrt(a) x0 + sqrt(1-a) eps with a = alpha_bar_t,
 
@@ -96,14 +96,14 @@ class OptimalDenoiser:
     return d2.clamp_min(0.0)
 
   def _softmax_mean(self, x, a):
-    """Streaming posterior mean (SPEC 10) with a running log-sum-exp: (B, D). Rows need a < 1."""
+    """Streaming posterior mean (docs/gen.md) with a running log-sum-exp: (B, D). Rows need a < 1."""
     s, var = a.sqrt(), 1.0 - a
     m = torch.full((x.shape[0],), -float('inf'), device=x.device, dtype=x.dtype)
     z = torch.zeros_like(m)
     acc = torch.zeros_like(x)
     for lo in range(0, self.num_points, self.chunk_size):
       hi = min(lo + self.chunk_size, self.num_points)
-      logits = -self._sq_dist(x, s, lo, hi) / (2 * var[:, None])  # SPEC 10 softmax argument
+      logits = -self._sq_dist(x, s, lo, hi) / (2 * var[:, None])  # softmax argument (docs/gen.md)
       m_new = torch.maximum(m, logits.max(1).values)
       rescale = torch.exp(m - m_new)  # exp(-inf) = 0 on the first chunk
       w = torch.exp(logits - m_new[:, None])
@@ -142,7 +142,7 @@ class OptimalDenoiser:
     return out.reshape(x_t.shape).to(device=x_t.device, dtype=x_t.dtype)
 
   def eps(self, x_t, t):
-    """eps = (x_t - sqrt(a) x0) / sqrt(1 - a) (SPEC 10); t must be >= 0 (eps is undefined at a = 1)."""
+    """eps = (x_t - sqrt(a) x0) / sqrt(1 - a) (docs/gen.md); t must be >= 0 (eps is undefined at a = 1)."""
     if bool((torch.as_tensor(t) < 0).any()):
       raise ValueError(f'eps is undefined at t = -1 (alpha_bar = 1); got t = {t}. Use .x0 there.')
     x0 = self.x0(x_t, t)

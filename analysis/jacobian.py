@@ -1,4 +1,4 @@
-"""Jacobian rank of the denoiser along a sampling trajectory (SPEC section 10; Wang et al. 2024).
+"""Jacobian rank of the denoiser along a sampling trajectory (Wang et al. 2024; docs/gen.md).
 
 J = d x0_pred / d x_t (D x D) at each trajectory state; its effective rank is the smallest r whose top-r
 singular values hold 99% of the Frobenius norm. Plot rank/D against the noise level sigma = sqrt((1-a)/a).
@@ -45,7 +45,7 @@ def denoiser_jacobian(x0_fn, x, t, chunk_size=None):
 
 
 def effective_rank(J, energy=0.99, atol=1e-8):
-  """Smallest r with sqrt(sum_{i<=r} s_i^2) > energy * ||J||_F (SPEC 10).
+  """Smallest r with sqrt(sum_{i<=r} s_i^2) > energy * ||J||_F (docs/gen.md).
 
   J: (D, D) or (B, D, D). Singular values <= atol count as zero, so a vanishing Jacobian (the optimal
   denoiser at low noise, exactly flat between training points) has rank 0 rather than a rank set by

@@ -1,22 +1,28 @@
-"""Reproducibility and memorization scores (SPEC section 10; GEN, Zhang et al. 2024).
+"""Reproducibility and memorization scores (Zhang et al., "The Emergence of Reproducibility and
+Consistency in Diffusion Models", ICML 2024; formulas in docs/gen.md).
 
 * RP score: two models sampled from the same initial noise (same seed per image); RP = fraction of
-  index-matched pairs whose feature cosine similarity is > threshold.
-* Memorization: fraction of generated samples whose best cosine match in the training set is
+  index-matched pairs whose feature similarity is > threshold.
+* Memorization: fraction of generated samples whose best similarity to the training set is
   > threshold; generalization = 1 - mem.
 * kNN ratio (weight-free): a sample is memorised when d1/d2 < 1/3 (L2 to nearest / second nearest
   training image, flattened pixels).
 
-Feature networks take images (N, C, H, W) in [0, 1] (torch or numpy) and return (N, F) L2-normalised
-float32 rows:
-  * a path to an SSCD TorchScript file (the papers' choice: resize to 320, ImageNet normalisation,
-    1024-d output, L2-normalised); threshold 0.6 as in the papers;
-  * 'pixels' (the offline default): flattened pixels minus a mean, L2-normalised. Centred by the
+The similarity of two images is the dot product of their features, as the feature net returns them
+(the scores never re-normalise). Feature networks take images (N, C, H, W) in [0, 1] (torch or numpy)
+and return (N, F) float32 rows:
+  * a path to an SSCD TorchScript file (the papers' choice, ``sscd_disc_large``: resize to 320,
+    ImageNet normalisation, 1024-d output); threshold 0.6 as in the papers. By default its outputs
+    are used as they are, so the similarity is the raw dot product of SSCD features, as in the GEN
+    reference code (the released SSCD TorchScript models end with an L2 normalisation, so for them
+    this is the cosine). ``sscd_normalize=True`` (config.analysis.sscd_normalize) L2-normalises them
+    first, for exports without that final normalisation;
+  * 'pixels' (the offline default): flattened pixels minus a mean, L2-normalised (cosine). Centred by the
     training-set mean image when a ``reference`` set is given, else by each image's own mean (then
     the cosine is the pixel Pearson correlation, which needs no reference). Without centring every
     pair of non-negative images has a high cosine; centring removes the shared background. No weights
     to download, and at 8x8 (digits) pixel correlation is a meaningful near-duplicate measure;
-  * 'inception': pool3 features of evaluation.load_inception (imported lazily), L2-normalised.
+  * 'inception': pool3 features of evaluation.load_inception (imported lazily), L2-normalised (cosine).
 """
 import os
 
@@ -62,42 +68,43 @@ def cosine_similarity_matrix(a, b):
 
 
 def best_match(sample_feats, train_feats, chunk_size=4096):
-  """Best cosine match of each sample in the training set, chunked over train.
+  """Best match of each sample in the training set by feature dot product, chunked over train.
 
-  Returns (best_sim (N,) float64 in [-1, 1], nn_index (N,) int64 into train_feats).
+  Features are used as given (L2-normalised rows give the cosine, in [-1, 1]).
+  Returns (best_sim (N,) float64, nn_index (N,) int64 into train_feats).
   """
   a, b = _check_feats(sample_feats, train_feats, 'sample_feats', 'train_feats')
   if b.shape[0] < 1:
     raise ValueError('train_feats is empty')
-  a = F.normalize(a.double(), dim=1)
+  a = a.double()
   best = torch.full((a.shape[0],), -float('inf'), dtype=torch.float64)
   idx = torch.zeros(a.shape[0], dtype=torch.long)
   for lo in range(0, b.shape[0], chunk_size):
-    sims, arg = (a @ F.normalize(b[lo:lo + chunk_size].double(), dim=1).T).max(1)
+    sims, arg = (a @ b[lo:lo + chunk_size].double().T).max(1)
     better = sims > best
     best, idx = torch.where(better, sims, best), torch.where(better, arg + lo, idx)
   return best, idx
 
 
 def reproducibility_score(feats_a, feats_b, threshold=0.6):
-  """RP score: fraction of index-matched pairs (same seed) with cosine > threshold; float in [0, 1]."""
+  """RP score: fraction of index-matched pairs (same seed) with feature dot product > threshold; in [0, 1]."""
   a, b = _check_feats(feats_a, feats_b, 'feats_a', 'feats_b')
   if a.shape[0] != b.shape[0]:
     raise ValueError(f'feats_a {tuple(a.shape)} and feats_b {tuple(b.shape)} must hold the same number of '
                      'samples (pairs are matched by index / seed)')
-  sims = (F.normalize(a.double(), dim=1) * F.normalize(b.double(), dim=1)).sum(1)
+  sims = (a.double() * b.double()).sum(1)  # features as given: the cosine for L2-normalised nets
   return float((sims > threshold).double().mean())
 
 
 def memorization_score(sample_feats, train_feats, threshold=0.6):
-  """dict(mem, gen = 1 - mem, best_sim (N,) numpy, nn_index (N,) numpy): mem = frac(best cosine > threshold)."""
+  """dict(mem, gen = 1 - mem, best_sim (N,) numpy, nn_index (N,) numpy); mem = frac(best_sim > threshold)."""
   best, idx = best_match(sample_feats, train_feats)
   mem = float((best > threshold).double().mean())
   return dict(mem=mem, gen=1.0 - mem, best_sim=best.numpy(), nn_index=idx.numpy())
 
 
 def knn_ratio_memorization(samples, train, ratio=1 / 3, chunk_size=1024):
-  """kNN-ratio memorization on flattened pixels: memorised when d1/d2 < ratio (SPEC 10).
+  """kNN-ratio memorization on flattened pixels: memorised when d1/d2 < ratio (docs/gen.md).
 
   samples (N, ...) and train (M, ...) with equal per-image shape, M >= 2.
   Returns dict(mem (float), ratios (N,) numpy d1/d2, nn_index (N,) numpy).
@@ -145,23 +152,26 @@ class PixelFeatures:
 
 
 @torch.no_grad()
-def _rgb_batched_features(images, embed, batch_size, device):
-  """L2-normalised embed(batch) over images (N, C, H, W) in [0, 1], in batches on ``device``, grey tiled to
-  RGB; returns (N, F) float32 on the CPU."""
+def _rgb_batched_features(images, embed, batch_size, device, normalize=True):
+  """embed(batch) over images (N, C, H, W) in [0, 1], in batches on ``device``, grey tiled to RGB;
+  rows L2-normalised when ``normalize``. Returns (N, F) float32 on the CPU."""
   x = _to_tensor(images, 'images').float()
   outs = []
   for lo in range(0, x.shape[0], batch_size):
     b = x[lo:lo + batch_size].to(device)
     b = b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
-    outs.append(F.normalize(embed(b).flatten(1).float(), dim=1).cpu())
+    f = embed(b).flatten(1).float()
+    outs.append((F.normalize(f, dim=1) if normalize else f).cpu())
   return torch.cat(outs)
 
 
 class _TorchScriptFeatures:
-  """SSCD-style wrapper: resize to `size`, grey -> RGB, ImageNet normalisation, L2-normalised output."""
+  """SSCD-style wrapper: resize to `size`, grey -> RGB, ImageNet normalisation; the model's outputs as
+  they are (the reference's raw dot product), or L2-normalised when ``normalize``."""
 
-  def __init__(self, model, size=320, device='cpu', batch_size=32):
+  def __init__(self, model, size=320, device='cpu', batch_size=32, normalize=False):
     self.model, self.size, self.device, self.batch_size = model, size, torch.device(device), batch_size
+    self.normalize = bool(normalize)
 
   def _embed(self, b):
     b = F.interpolate(b, size=(self.size, self.size), mode='bilinear', align_corners=False)
@@ -170,7 +180,7 @@ class _TorchScriptFeatures:
     return self.model((b - mean) / std)
 
   def __call__(self, images):
-    return _rgb_batched_features(images, self._embed, self.batch_size, self.device)
+    return _rgb_batched_features(images, self._embed, self.batch_size, self.device, self.normalize)
 
 
 class _InceptionFeatures:
@@ -184,13 +194,16 @@ class _InceptionFeatures:
     return _rgb_batched_features(images, lambda b: self.model(b)[0], self.batch_size, self.device)
 
 
-def load_feature_net(name_or_path, reference=None, device='cpu'):
-  """A feature net: callable images (N, C, H, W) in [0, 1] -> (N, F) L2-normalised float32 features.
+def load_feature_net(name_or_path, reference=None, device='cpu', sscd_normalize=False):
+  """A feature net: callable images (N, C, H, W) in [0, 1] -> (N, F) float32 features (module doc).
 
   name_or_path: 'pixels' (offline default), 'inception', or a path to an SSCD TorchScript file
-    (e.g. sscd_disc_mixup.torchscript.pt from facebookresearch/sscd-copy-detection).
+    (sscd_disc_large.torchscript.pt from facebookresearch/sscd-copy-detection, as the GEN reference).
   reference: for 'pixels' only, optional training images (N, C, H, W) in [0, 1] whose mean image is
     subtracted; None = per-image centring (the mode DEFAULT_THRESHOLDS['pixels'] is calibrated for).
+  sscd_normalize: SSCD only (config.analysis.sscd_normalize). False (default, the reference): raw
+    model outputs, similarity = their dot product; True: L2-normalise them (cosine). 'pixels' and
+    'inception' are always L2-normalised.
   """
   if name_or_path == 'pixels':
     mean = None if reference is None else _to_tensor(reference, 'reference').double().mean(0)
@@ -200,16 +213,17 @@ def load_feature_net(name_or_path, reference=None, device='cpu'):
   if name_or_path == 'sscd' or os.sep in str(name_or_path) or str(name_or_path).endswith(('.pt', '.pth')):
     if not os.path.isfile(str(name_or_path)):
       raise FileNotFoundError(
-          f'SSCD TorchScript model not found at {name_or_path!r}: download sscd_disc_mixup.torchscript.pt '
+          f'SSCD TorchScript model not found at {name_or_path!r}: download sscd_disc_large.torchscript.pt '
           '(facebookresearch/sscd-copy-detection) on a machine with network access and pass its path, '
           "or use the offline feature net 'pixels'")
-    return _TorchScriptFeatures(torch.jit.load(str(name_or_path), map_location=device).eval(), device=device)
+    return _TorchScriptFeatures(torch.jit.load(str(name_or_path), map_location=device).eval(), device=device,
+                                normalize=sscd_normalize)
   raise ValueError(f"unknown feature net {name_or_path!r}: use 'pixels', 'inception' or a path to an SSCD "
                    'TorchScript file')
 
 
 def default_threshold(name_or_path):
-  """The cosine threshold for a feature net: its DEFAULT_THRESHOLDS entry; SSCD paths get 0.6."""
+  """The similarity threshold for a feature net: its DEFAULT_THRESHOLDS entry; SSCD paths get 0.6."""
   if name_or_path in DEFAULT_THRESHOLDS:
     return DEFAULT_THRESHOLDS[name_or_path]
   if name_or_path == 'inception':

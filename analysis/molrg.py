@@ -1,4 +1,4 @@
-"""Mixture of low-rank Gaussians (MoLRG, SPEC section 10; Wang et al. 2024).
+"""Mixture of low-rank Gaussians (MoLRG; Wang et al. 2024; docs/gen.md).
 
 K classes, each a d-dimensional subspace of R^D; the bases U_k (D, d) are disjoint column
 blocks of one Haar-random orthogonal matrix, so they are mutually orthogonal.
@@ -40,7 +40,7 @@ def _bases_list(bases):
 
 
 def molrg_x0(x_t, alpha_bar, bases):
-  """Exact E[x0 | x_t] for MoLRG data (SPEC section 10), x_t = s x0 + g n with s^2 = a, g^2 = 1 - a.
+  """Exact E[x0 | x_t] for MoLRG data (docs/gen.md), x_t = s x0 + g n with s^2 = a, g^2 = 1 - a.
 
   Derivation (x0 = U_k c, c ~ N(0, I_{d_k}), k uniform, U_k orthonormal columns):
     given k, x_t ~ N(0, Sigma_k) with Sigma_k = g^2 I + s^2 U_k U_k^T, so

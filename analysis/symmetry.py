@@ -1,14 +1,17 @@
-"""Spontaneous symmetry breaking in generative diffusion (SSB Section 3; SPEC section 9).
+"""Spontaneous symmetry breaking in generative diffusion (SSB Section 3; equations in docs/ssb.md).
 
 Three parts, all plain numpy/scipy in float64:
   * the 1-D two-point model p(y) = 1/2 delta(y-1) + 1/2 delta(y+1): score, potential, curvature at 0
     (Eq. 8), theta_c (Eq. 9), fixed points (Eq. 10), reverse SDE / probability-flow ODE simulation;
-  * any finite data set {y_j} (N, D): the exact empirical score and the stability of the central fixed
-    point x = theta * mean(y), which predicts a critical timestep t_c from the data alone;
+  * any finite data set {y_j} (N, D): the exact empirical score and the Jacobian of the generative drift
+    at the noised data mean x = theta * mean(y). The time at which its top eigenvalue turns positive (the
+    flow at the mean stops contracting) is a critical timestep t_c predicted from the data alone. For data
+    symmetric about the origin that point is the central fixed point and t_c is where it loses stability;
+    for other data it is not a fixed point (docs/ssb.md, "Beyond 1-D");
   * the potential of any drift along a circular path between two states (used on trained models).
 
 Conventions: theta = sqrt(alpha_bar) in (0, 1).  Continuous forward time s in [0, 1] uses the VP schedule
-of SPEC section 2, beta(s) = 0.1 + s (20 - 0.1), theta(s) = exp(-s^2 (19.9)/4 - s 0.05).  Generative
+of docs/schedule.md, beta(s) = 0.1 + s (20 - 0.1), theta(s) = exp(-s^2 (19.9)/4 - s 0.05).  Generative
 time runs from noise to data, t_gen = 1 - s.  The generative drift is beta (x/2 + score(x)) and the
 potential u is defined by drift = -du/dx.
 """
@@ -18,11 +21,11 @@ from scipy.special import logsumexp, softmax
 
 import sde_lib
 
-_VP = sde_lib.DDPMSchedule()  # continuous VP view (beta_min=0.1, beta_max=20): SPEC section 2
+_VP = sde_lib.DDPMSchedule()  # continuous VP view (beta_min=0.1, beta_max=20): docs/schedule.md
 
 
 def beta_continuous(s):
-  """beta(s) = 0.1 + s (20 - 0.1) for forward time s in [0, 1] (SPEC section 2)."""
+  """beta(s) = 0.1 + s (20 - 0.1) for forward time s in [0, 1] (docs/schedule.md)."""
   return _VP.beta_continuous(s)
 
 
@@ -40,24 +43,24 @@ def _check_theta(theta):
 
 # ----------------------------------------------------------------------------- 1-D two-point model
 def score_two_point(x, theta):
-  """Score d/dx log p_theta(x) of the noised two-point data (SPEC sec. 9).
+  """Score d/dx log p_theta(x) of the noised two-point data (docs/ssb.md).
 
   x: array of any shape; theta in (0, 1) (scalar or broadcastable).  Returns an array like x.
   """
   theta, x = _check_theta(theta), np.asarray(x, dtype=np.float64)
   v = 1.0 - theta ** 2  # noise variance of the VP marginal
-  return (theta * np.tanh(theta * x / v) - x) / v  # SPEC sec. 9, score of the noised data
+  return (theta * np.tanh(theta * x / v) - x) / v  # score of the noised data (docs/ssb.md)
 
 
 def potential_two_point(x, theta, beta):
-  """Generative potential u(x) with drift beta (x/2 + score) = -du/dx, up to a constant (SPEC sec. 9).
+  """Generative potential u(x) with drift beta (x/2 + score) = -du/dx, up to a constant (SSB Eq. 7).
 
   x: array; theta in (0, 1); beta > 0.  Returns an array like x.
   """
   theta, x = _check_theta(theta), np.asarray(x, dtype=np.float64)
   v = 1.0 - theta ** 2
   log_p = np.logaddexp(-(x - theta) ** 2 / (2 * v), -(x + theta) ** 2 / (2 * v))
-  return beta * (-x ** 2 / 4 - log_p)  # SSB Eq. 7 / SPEC sec. 9
+  return beta * (-x ** 2 / 4 - log_p)  # SSB Eq. 7
 
 
 def curvature_at_zero(theta, beta):
@@ -77,7 +80,7 @@ def theta_critical():
 def critical_index(thetas):
   """Index i on a generative-time theta grid (increasing, noise -> data) with theta_c in (thetas[i], thetas[i+1]].
 
-  On the notebook grid ts = linspace(0, 1 - 1e-3, 1000) with theta(1 - ts) this is 707 (SPEC sec. 9):
+  On the notebook grid ts = linspace(0, 1 - 1e-3, 1000) with theta(1 - ts) this is 707 (docs/ssb.md):
   the last grid point where the curvature at 0 is still positive.  Raises ValueError if never crossed.
   """
   thetas = np.asarray(thetas, dtype=np.float64)
@@ -93,7 +96,7 @@ def critical_index(thetas):
 def critical_time(ts, theta_fn=None):
   """(index, ts[index]) of the symmetry-breaking point on a generative-time grid ts.
 
-  ts: increasing generative times; theta_fn maps ts -> theta (default: the VP theta(1 - t), SPEC sec. 9).
+  ts: increasing generative times; theta_fn maps ts -> theta (default: the VP theta(1 - t), docs/schedule.md).
   """
   ts = np.asarray(ts, dtype=np.float64)
   theta_fn = theta_fn or (lambda t: theta_continuous(1.0 - t))
@@ -131,16 +134,16 @@ def two_point_score_fn(x, s):
 
 
 def reverse_sde_drift(x, s, score_fn=two_point_score_fn, beta_fn=beta_continuous):
-  """Reverse-SDE drift in generative time: beta(s) (x/2 + score(x, s)) (SPEC sec. 9).
+  """Reverse-SDE drift in generative time: beta(s) (x/2 + score(x, s)) (docs/ssb.md).
 
-  NB: the original SSB notebook used -beta (x/2 - score), a sign error (SPEC sec. 9); this is the
+  NB: the original SSB notebook used -beta (x/2 - score), a sign error (docs/ssb.md); this is the
   correct drift of dx = beta (x/2 + score) dt_gen + sqrt(beta) dW.
   """
   return beta_fn(s) * (x / 2 + score_fn(x, s))
 
 
 def probability_flow_drift(x, s, score_fn=two_point_score_fn, beta_fn=beta_continuous):
-  """Probability-flow ODE drift in generative time: beta(s) (x/2 + score(x, s)/2) (SPEC sec. 9)."""
+  """Probability-flow ODE drift in generative time: beta(s) (x/2 + score(x, s)/2) (docs/ssb.md)."""
   return beta_fn(s) * (x / 2 + score_fn(x, s) / 2)
 
 
@@ -204,7 +207,7 @@ def empirical_score(x, data, theta, chunk=1024):
     new_z = np.logaddexp(log_z, logsumexp(logits, axis=1))
     acc = acc * np.exp(log_z - new_z)[:, None] + np.exp(logits - new_z[:, None]) @ mu
     log_z = new_z
-  return ((acc - x) / v).reshape(x_in.shape)  # score of a Gaussian mixture (SPEC sec. 10)
+  return ((acc - x) / v).reshape(x_in.shape)  # score of a Gaussian mixture (docs/ssb.md)
 
 
 def _central_weights(data, theta):
@@ -237,9 +240,11 @@ def _top_cov_eig(data, w, max_dense=512):
 def drift_jacobian_at_mean(data, theta, beta=1.0):
   """Jacobian (D, D) of the generative drift beta (x/2 + score(x)) at x = theta * mean(data).
 
-  Analytic (SPEC sec. 9): d score/dx = Cov_w[theta y] / (1 - theta^2)^2 - I / (1 - theta^2), with Cov_w the
-  posterior covariance of theta y under the softmax weights at x.  x = theta * mean is exactly a fixed
-  point for symmetric data and the centre of the generative flow in general.
+  Analytic (docs/ssb.md): d score/dx = Cov_w[theta y] / (1 - theta^2)^2 - I / (1 - theta^2), with Cov_w the
+  posterior covariance of theta y under the softmax weights at x.  x = theta * mean is a fixed point of
+  the drift only for data symmetric about the origin (mean 0); in general the drift there is
+  beta theta (mean/2 + (mean_w - mean)/(1 - theta^2)), nonzero, and J is the linearisation of the flow
+  at the noised data mean.
   """
   theta, data = float(_check_theta(theta)), _as_data(data)
   v, eye = 1.0 - theta ** 2, np.eye(data.shape[1])
@@ -248,7 +253,7 @@ def drift_jacobian_at_mean(data, theta, beta=1.0):
 
 
 def _stability(data, theta):
-  """Largest eigenvalue of (drift Jacobian at the mean) / beta for one theta."""
+  """Largest eigenvalue of (drift Jacobian at theta * mean) / beta for one theta."""
   v = 1.0 - theta ** 2
   lam = _top_cov_eig(data, _central_weights(data, theta))
   return 0.5 - 1.0 / v + theta ** 2 * lam / v ** 2
@@ -257,8 +262,9 @@ def _stability(data, theta):
 def stability_curve(data, thetas):
   """Largest eigenvalue of the drift Jacobian at the mean, divided by beta, for each theta in thetas.
 
-  data: (N, D) or (N,); thetas: (K,) in (0, 1).  Returns (K,) float64; > 0 means the central fixed
-  point is unstable (symmetry broken).  For the two-point data this is -curvature_at_zero / beta.
+  data: (N, D) or (N,); thetas: (K,) in (0, 1).  Returns (K,) float64; > 0 means the flow at the noised
+  data mean expands along some direction (for data symmetric about 0: the central fixed point is
+  unstable, the symmetry broken).  For the two-point data this is -curvature_at_zero / beta.
   """
   data, thetas = _as_data(data), np.atleast_1d(_check_theta(thetas))
   return np.array([_stability(data, float(th)) for th in thetas])
@@ -267,9 +273,9 @@ def stability_curve(data, thetas):
 def gaussian_critical_theta(lambda_max):
   """theta_c for Gaussian data whose covariance has top eigenvalue lambda_max (mean arbitrary).
 
-  Linearised drift eigenvalue: 1/2 - 1/(1 - theta^2 + theta^2 lambda), i.e. the central point turns
-  unstable when the marginal variance theta^2 lambda + 1 - theta^2 exceeds 2: theta_c^2 = 1/(lambda - 1).
-  Returns nan when lambda_max <= 2 (stable all the way to the data).
+  The score is linear, so the drift Jacobian is the same everywhere; its top eigenvalue
+  1/2 - 1/(1 - theta^2 + theta^2 lambda) turns positive when the marginal variance theta^2 lambda + 1 - theta^2
+  exceeds 2: theta_c^2 = 1/(lambda - 1).  Returns nan when lambda_max <= 2 (contracting all the way to the data).
   """
   lam = float(lambda_max)
   return float(np.sqrt(1.0 / (lam - 1.0))) if lam > 2 else float('nan')
@@ -279,7 +285,7 @@ def predicted_critical_theta(data, thetas):
   """First theta, going from noise toward data (increasing theta), where stability_curve crosses 0.
 
   thetas: strictly increasing grid (K,) in (0, 1) used to bracket the crossing, then refined with brentq.
-  Returns a float, or nan if the central fixed point stays stable over the whole grid.
+  Returns a float, or nan if the top eigenvalue stays <= 0 (the flow at the mean keeps contracting) over the grid.
   """
   data, thetas = _as_data(data), np.asarray(thetas, dtype=np.float64)
   if thetas.ndim != 1 or np.any(np.diff(thetas) <= 0):
@@ -290,31 +296,35 @@ def predicted_critical_theta(data, thetas):
     return float('nan')
   i = pos[0]
   if i == 0:
-    raise ValueError(f'the central point is already unstable at theta = {thetas[0]}; start the grid nearer 0')
+    raise ValueError(f'the drift Jacobian at the mean already has a positive eigenvalue at theta = {thetas[0]}; '
+                     'start the grid nearer 0')
   return float(optimize.brentq(lambda th: _stability(data, th), thetas[i - 1], thetas[i], xtol=1e-12))
 
 
 def predicted_tc(data, schedule=None, coarse=10):
-  """Data-only critical timestep t_c in 0..T-1 on the discrete DDPM schedule (SPEC sec. 9, 'Beyond 1D').
+  """Data-only critical timestep t_c in 0..T-1 on the discrete DDPM schedule (docs/ssb.md, 'Beyond 1-D').
 
-  The largest t (first in generative order, T-1 -> 0) where the drift Jacobian at theta_t * mean has a
-  positive eigenvalue, theta_t = sqrt(alpha_bar(t)).  Scans every `coarse`-th step, then bisects the
-  bracketing interval (assumes one crossing within it).  Returns -1 if stable down to t = 0.
+  The largest t (first in generative order, T-1 -> 0) where the Jacobian of the generative drift
+  beta (x/2 + score) at the noised data mean theta_t * mean has a positive eigenvalue, theta_t =
+  sqrt(alpha_bar(t)): the flow there stops contracting.  For data symmetric about the origin this is where
+  the central fixed point loses stability; otherwise theta_t * mean is not a fixed point, and t_c marks the
+  onset of local expansion only.  Scans every `coarse`-th step, then bisects the bracketing interval
+  (assumes one crossing within it).  Returns -1 if the eigenvalue stays <= 0 down to t = 0.
   """
   data, schedule = _as_data(data), schedule or sde_lib.DDPMSchedule()
   T = schedule.T
   theta_of = lambda t: float(np.sqrt(schedule.alpha_bar(int(t)).item()))
-  unstable = lambda t: _stability(data, theta_of(t)) > 0
+  expanding = lambda t: _stability(data, theta_of(t)) > 0
   grid = list(range(T - 1, -1, -coarse)) + ([0] if (T - 1) % coarse else [])
   prev = None
   for t in grid:
-    if unstable(t):
+    if expanding(t):
       if prev is None:
-        return T - 1  # already unstable at the noisiest step
-      lo, hi = t, prev  # unstable at lo, stable at hi
+        return T - 1  # already expanding at the noisiest step
+      lo, hi = t, prev  # expanding at lo, contracting at hi
       while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if unstable(mid) else (lo, mid)
+        lo, hi = (mid, hi) if expanding(mid) else (lo, mid)
       return int(lo)
     prev = t
   return -1
@@ -363,7 +373,7 @@ def model_drift(eps_fn, schedule, t):
   """drift_fn(x) = beta_cont (x/2 + score) of a trained eps model at discrete timestep t (torch).
 
   eps_fn(x (B, ...), t (B,) float) -> eps (B, ...); score = -eps / sqrt(1 - alpha_bar(t)); beta_cont =
-  T * schedule.beta_at(t) (the continuous beta is the discrete beta times T, SPEC section 2).
+  T * schedule.beta_at(t) (the continuous beta is the discrete beta times T, docs/schedule.md).
   """
   torch = _torch()
   t = int(t)

@@ -1,4 +1,4 @@
-"""CPU cost of the CIFAR-10 DDPM U-Net (SPEC sections 3, 4).
+"""CPU cost of the CIFAR-10 DDPM U-Net (docs/model.md).
 
 (a) one training step: forward + loss + backward + Adam step, batch 8 (one warm-up step, then
     the median of 3), as a markdown table row;
@@ -35,7 +35,7 @@ def median_time(fn, repeats):
 
 
 def train_step_fn(model, optimizer, ema, schedule, batch_size, generator):
-  """A closure doing one DDPM training step (SPEC 4: eps loss, reduce_mean) on random images."""
+  """A closure doing one DDPM training step (eps loss, reduce_mean; docs/model.md) on random images."""
   x0 = torch.rand(batch_size, 3, 32, 32, generator=generator) * 2 - 1
 
   def step():

@@ -1,4 +1,4 @@
-"""Sampler overhead and late-start cost on CPU (SPEC sections 5, 6).
+"""Sampler overhead and late-start cost on CPU (docs/samplers.md, docs/late_start.md).
 
 (a) overhead: n = 10 steps of ddim and pndm (F-PNDM, 19 calls) on the CIFAR-10 U-Net config,
     batch 4. Overhead = wall time of the sampler minus the time spent inside eps_fn, as a

@@ -1,2 +1,2 @@
-"""Score models (SPEC section 3). Importing the package registers the DDPM U-Net."""
+"""Score models (docs/model.md). Importing the package registers the DDPM U-Net."""
 from models import ddpm  # noqa: F401  (registers 'ddpm' in models.utils)

@@ -1,4 +1,4 @@
-"""DDPM U-Net (Ho et al. 2020) in score_sde's layout, with the two up-path variants of SPEC section 3.
+"""DDPM U-Net (Ho et al. 2020) in score_sde's layout, with the two up-path variants of docs/model.md.
 
 - 'ssb' (default): the SSB paper's code; attention after EVERY up-path ResBlock at attn resolutions,
   no `sigmas` buffer (CIFAR-10: 35,746,307 parameters).
@@ -55,7 +55,7 @@ class DDPM(nn.Module):
     AttnBlock = layers.AttnBlock
 
     modules = []
-    if conditional:  # timestep MLP: Dense(nf, 4nf), act, Dense(4nf, 4nf) (SPEC 3)
+    if conditional:  # timestep MLP: Dense(nf, 4nf), act, Dense(4nf, 4nf) (docs/model.md)
       modules.append(layers.dense(nf, nf * 4))
       modules.append(layers.dense(nf * 4, nf * 4))
     modules.append(layers.ddpm_conv3x3(channels, nf))
@@ -93,7 +93,7 @@ class DDPM(nn.Module):
     assert not hs_c, 'skip channel bookkeeping is off'
 
     modules.append(nn.GroupNorm(num_channels=in_ch, num_groups=32, eps=1e-6))
-    modules.append(layers.ddpm_conv3x3(in_ch, channels, init_scale=0.))  # zero-ish conv_out (SPEC 3)
+    modules.append(layers.ddpm_conv3x3(in_ch, channels, init_scale=0.))  # zero-ish conv_out (docs/model.md)
     self.all_modules = nn.ModuleList(modules)
 
   def forward(self, x, labels):

@@ -1,4 +1,4 @@
-"""Exponential moving average of parameters, with score_sde semantics (SPEC section 3, "EMA")."""
+"""Exponential moving average of parameters, with score_sde semantics (docs/model.md, "EMA")."""
 import torch
 
 

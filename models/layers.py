@@ -1,7 +1,7 @@
-"""Layers of the DDPM U-Net (SPEC section 3), named as in score_sde `models/layers.py`.
+"""Layers of the DDPM U-Net (docs/model.md), named as in score_sde `models/layers.py`.
 
 Attribute names (GroupNorm_0, Conv_0, Dense_0, NIN_0.W, ...) are part of the checkpoint format
-(SPEC section 3, "Checkpoint compatibility"): do not rename them.
+(docs/model.md, "Checkpoint format"): do not rename them.
 """
 import math
 
@@ -38,7 +38,7 @@ def variance_scaling(scale, mode, distribution, in_axis=1, out_axis=0):
 
 
 def default_init(scale=1.):
-  """fan_avg uniform init (SPEC 3); scale 0 means 1e-10, as in DDPM's zero-ish output layers."""
+  """fan_avg uniform init (docs/model.md); scale 0 means 1e-10, as in DDPM's zero-ish output layers."""
   scale = 1e-10 if scale == 0 else scale
   return variance_scaling(scale, 'fan_avg', 'uniform')
 
@@ -80,7 +80,7 @@ def get_act(nonlinearity):
 
 
 def get_timestep_embedding(timesteps, embedding_dim, max_positions=10000):
-  """Sinusoidal embedding (SPEC 3: dim nf, max_positions 1e4, [sin, cos]).
+  """Sinusoidal embedding (dim nf, max_positions 1e4, [sin, cos]; docs/model.md).
 
   timesteps: (B,) float, any range (DDPM labels are in [0, T-1]). Returns (B, embedding_dim) float32.
   """
@@ -152,7 +152,7 @@ class Upsample(nn.Module):
 
 
 class Downsample(nn.Module):
-  """Stride-2 3x3 conv after padding (0,1,0,1) (SPEC 3), or 2x2 average pooling."""
+  """Stride-2 3x3 conv after padding (0,1,0,1) (docs/model.md), or 2x2 average pooling."""
 
   def __init__(self, channels, with_conv=False):
     super().__init__()
@@ -181,7 +181,7 @@ class ResnetBlockDDPM(nn.Module):
       self.Dense_0 = dense(temb_dim, out_ch)
     self.GroupNorm_1 = nn.GroupNorm(num_groups=32, num_channels=out_ch, eps=1e-6)
     self.Dropout_0 = nn.Dropout(dropout)
-    self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=0.)  # zero-ish last conv (SPEC 3)
+    self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=0.)  # zero-ish last conv (docs/model.md)
     if in_ch != out_ch:
       if conv_shortcut:
         self.Conv_2 = ddpm_conv3x3(in_ch, out_ch)

@@ -1,6 +1,6 @@
-"""Model registry, creation, checkpoint I/O and the EMA eps-function wrapper (SPEC sections 3 and 4).
+"""Model registry, creation, checkpoint I/O and the EMA eps-function wrapper (docs/model.md).
 
-Checkpoints use the score_sde / SSB layout (SPEC 3, "Checkpoint compatibility"):
+Checkpoints use the score_sde / SSB layout (docs/model.md, "Checkpoint format"):
   {'optimizer': opt.state_dict() or {}, 'model': {'module.' + key: tensor}, 'ema': ema.state_dict(), 'step': int}
 """
 import copy

@@ -1,4 +1,4 @@
-"""DDIM (Song et al. 2021, Eq. 12) and the paper's fast "DDPM" (DDIM with eta = 1); SPEC section 5.
+"""DDIM (Song et al. 2021, Eq. 12) and the paper's fast "DDPM" (DDIM with eta = 1); docs/samplers.md.
 
 With a = alpha_bar(t), a' = alpha_bar(t_next) (alpha_bar(-1) = 1 via the schedule object):
   x0_pred = (x - sqrt(1-a) eps) / sqrt(a)
@@ -49,7 +49,7 @@ def ddim_coefficients(a, a_next, eta):
 
 def ddim(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False,
          eta=0.0):
-  """DDIM sampler (SPEC section 5). eta = 0: deterministic DDIM; eta = 1: the paper's fast DDPM.
+  """DDIM sampler (docs/samplers.md). eta = 0: deterministic DDIM; eta = 1: the paper's fast DDPM.
 
   Args:
     eps_fn: eps_fn(x, t) -> eps, x (B, ...) float tensor, t python float (same for the batch).

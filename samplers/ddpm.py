@@ -1,4 +1,4 @@
-"""DDPM sampling (SPEC section 5): the full ancestral chain, or the paper's fast "DDPM".
+"""DDPM sampling (docs/samplers.md): the full ancestral chain, or the paper's fast "DDPM".
 
 * Full chain, used when ``timesteps`` are the consecutive integers t_start, t_start-1, ..., 0
   (t_start = T-1 gives the 1000-step chain of Ho et al. 2020, Alg. 2):

@@ -1,4 +1,4 @@
-"""Time grids for the samplers (SPEC section 5): the one documented place for them.
+"""Time grids for the samplers (docs/samplers.md, "Time grids"): the one documented place for them.
 
 Every grid is a descending tuple of distinct integer timesteps in [0, T-1]; grid[0] is the
 start time (the state ``x_init`` lives there) and a sampler steps over the pairs

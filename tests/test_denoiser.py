@@ -1,4 +1,4 @@
-"""Tests for analysis/denoiser.py: the optimal empirical denoiser (SPEC section 10)."""
+"""Tests for analysis/denoiser.py: the optimal empirical denoiser (docs/gen.md)."""
 import pytest
 import torch
 

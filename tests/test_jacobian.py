@@ -1,4 +1,4 @@
-"""Tests for analysis/jacobian.py: Jacobians via torch.func and the 99%-energy rank (SPEC section 10)."""
+"""Tests for analysis/jacobian.py: Jacobians via torch.func and the 99%-energy rank (docs/gen.md)."""
 import csv
 
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for analysis/memorization.py: RP / memorization / kNN-ratio scores and feature nets (SPEC 10)."""
+"""Tests for analysis/memorization.py: RP / memorization / kNN-ratio scores and feature nets (docs/gen.md)."""
 import numpy as np
 import pytest
 import torch
@@ -15,9 +15,15 @@ def test_cosine_matrix_and_best_match_chunked():
   a, b = torch.randn(5, 7, dtype=torch.float64), torch.randn(11, 7, dtype=torch.float64)
   sims = M.cosine_similarity_matrix(a, b)
   torch.testing.assert_close(sims[2, 3], torch.nn.functional.cosine_similarity(a[2], b[3], dim=0))
+  # best_match uses the features as given (dot product): the cosine only for L2-normalised rows
   best, idx = M.best_match(a, b, chunk_size=3)
-  torch.testing.assert_close(best, sims.max(1).values)
-  assert idx.tolist() == sims.argmax(1).tolist()
+  dots = a @ b.T
+  torch.testing.assert_close(best, dots.max(1).values)
+  assert idx.tolist() == dots.argmax(1).tolist()
+  unit_a, unit_b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+  best_unit, idx_unit = M.best_match(unit_a, unit_b, chunk_size=3)
+  torch.testing.assert_close(best_unit, sims.max(1).values)
+  assert idx_unit.tolist() == sims.argmax(1).tolist()
   with pytest.raises(ValueError, match=r'\(5, 7\).*\(4, 6\)'):
     M.cosine_similarity_matrix(a, torch.zeros(4, 6))
 
@@ -78,11 +84,27 @@ class _FakeSSCD(nn.Module):
 def test_sscd_path_and_errors(tmp_path):
   path = tmp_path / 'fake_sscd.pt'
   torch.jit.script(_FakeSSCD()).save(str(path))
-  net = M.load_feature_net(str(path))
-  f = net(_images(3, 5))  # grey 8x8 -> RGB 320x320 inside
-  assert f.shape == (3, 12)
-  torch.testing.assert_close(f.norm(dim=1), torch.ones(3))
-  with pytest.raises(FileNotFoundError, match='SSCD TorchScript'):
+  imgs = _images(3, 5)
+  raw = M.load_feature_net(str(path))(imgs)  # grey 8x8 -> RGB 320x320 inside; default: raw outputs
+  assert raw.shape == (3, 12)
+  ref = _FakeSSCD()(torch.nn.functional.interpolate(
+      (imgs.expand(-1, 3, -1, -1) - torch.tensor(M.IMAGENET_MEAN).view(1, 3, 1, 1))
+      / torch.tensor(M.IMAGENET_STD).view(1, 3, 1, 1), size=(320, 320), mode='bilinear', align_corners=False))
+  torch.testing.assert_close(raw, ref)  # = the model's output, not re-normalised
+  assert (raw.norm(dim=1) - 1).abs().min() > 0.1
+  unit = M.load_feature_net(str(path), sscd_normalize=True)(imgs)
+  torch.testing.assert_close(unit.norm(dim=1), torch.ones(3))
+  torch.testing.assert_close(unit, raw / raw.norm(dim=1, keepdim=True))
+  # the scores take the raw dot product of raw SSCD features (the GEN reference), the cosine of normalised ones
+  dots = raw.double() @ raw.double().T
+  sq_norms = dots.diagonal()
+  assert sq_norms.min() > 1.5  # so a threshold of 1.5 separates raw dot products from cosines
+  assert M.reproducibility_score(raw, raw, threshold=1.5) == 1.0
+  assert M.reproducibility_score(unit, unit, threshold=1.5) == 0.0
+  out = M.memorization_score(raw[:1], raw, threshold=float(dots[0].max()) - 1e-9)
+  assert out['best_sim'][0] == pytest.approx(float(dots[0].max())) and out['mem'] == 1.0
+  assert M.memorization_score(unit[:1], unit, threshold=0.999)['best_sim'][0] == pytest.approx(1.0)
+  with pytest.raises(FileNotFoundError, match='SSCD TorchScript.*sscd_disc_large'):
     M.load_feature_net(str(tmp_path / 'missing.pt'))
   with pytest.raises(FileNotFoundError, match='SSCD'):
     M.load_feature_net('sscd')

@@ -1,4 +1,4 @@
-"""Tests for analysis/molrg.py: MoLRG sampling and the exact denoiser (SPEC section 10)."""
+"""Tests for analysis/molrg.py: MoLRG sampling and the exact denoiser (docs/gen.md)."""
 import numpy as np
 import pytest
 import torch
@@ -76,7 +76,7 @@ def test_denoiser_class_shapes_eps_and_clean_limit():
 
 
 def test_jacobian_rank_d_at_low_noise_and_Kd_at_high_noise():
-  """SPEC 10 setup D = 48, K = 2, d = 7: rank ~ d near the data, ~ K d at high noise."""
+  """The docs/gen.md setup D = 48, K = 2, d = 7: rank ~ d near the data, ~ K d at high noise."""
   schedule = sde_lib.DDPMSchedule()
   bases = molrg.molrg_bases(48, 2, 7, seed=0)
   den = molrg.MoLRGDenoiser(bases, schedule)

@@ -43,7 +43,7 @@ def test_q_sample_and_inverses_round_trip():
 
 def test_continuous_view_matches_discrete():
   s = DDPMSchedule()
-  # SPEC section 2: the discrete betas are beta(s) / T on the grid s_i = i / (T - 1).
+  # docs/schedule.md: the discrete betas are beta(s) / T on the grid s_i = i / (T - 1).
   grid = np.arange(1000) / 999
   np.testing.assert_allclose(s.beta_continuous(grid) / 1000, s.beta.numpy(), rtol=1e-12)
   np.testing.assert_allclose(s.theta_continuous(np.array([0.0, 0.5, 1.0])) ** 2,

@@ -1,4 +1,4 @@
-"""Tests for analysis/symmetry.py: the SSB 1-D numbers (SPEC sec. 9) and the data-only t_c estimate."""
+"""Tests for analysis/symmetry.py: the SSB 1-D numbers (docs/ssb.md) and the data-only t_c estimate."""
 import numpy as np
 import pytest
 import torch
@@ -102,7 +102,7 @@ def test_ode_sign():
   # The two-point marginal has variance theta^2 + (1 - theta^2) = 1 at every time: the correct ODE keeps it.
   traj = S.simulate_reverse(x0, NOTEBOOK_TS, ode=True)
   np.testing.assert_allclose(traj.std(1), 1.0, atol=0.05)
-  # The original notebook's sign, -beta (x/2 - s) (SPEC sec. 9), collapses everything onto 0 instead,
+  # The original notebook's sign, -beta (x/2 - s) (docs/ssb.md), collapses everything onto 0 instead,
   # and its probability-flow version does not carry N(0, 1) to +-1.
   wrong = lambda x, s: -S.beta_continuous(s) * (x / 2 - S.two_point_score_fn(x, s))
   assert S.simulate_reverse(x0, NOTEBOOK_TS, ode=True, drift_fn=wrong)[707].std() < 1e-2
@@ -171,11 +171,30 @@ def test_predicted_theta_gaussian_data():
   schedule = sde_lib.DDPMSchedule()
   t_c = S.predicted_tc(data, schedule)
   assert np.sqrt(schedule.alpha_bar(t_c).item()) == pytest.approx(got, abs=3e-3)
-  # Variances <= 2 keep the centre stable while the Gaussian picture holds (theta <= 0.9) ...
+  # Variances <= 2 keep the flow at the mean contracting while the Gaussian picture holds (theta <= 0.9) ...
   small = rng.standard_normal((500, 2))
   assert np.isnan(S.predicted_critical_theta(small, np.linspace(0.05, 0.9, 20)))
-  # ... and a single data point is stable all the way to the data.
+  # ... and around a single data point the flow contracts all the way to the data.
   assert S.predicted_tc(np.ones((1, 3)), schedule) == -1
+
+
+def test_noised_mean_is_a_fixed_point_only_for_data_symmetric_about_zero():
+  # docs/ssb.md, "Beyond 1-D": the drift at theta * mean is beta theta (mean/2 + (mean_w - mean)/v), which
+  # vanishes for data symmetric about the origin and not otherwise; predicted_tc is a statement about the
+  # flow's Jacobian at that point, not about a fixed point, in general.
+  theta, beta = 0.5, 2.0
+  v = 1 - theta ** 2
+  data = np.random.default_rng(3).standard_normal((200, 2)) * [1.5, 0.5] + [2.0, -1.0]
+  m = data.mean(0)
+  drift = beta * (theta * m / 2 + S.empirical_score((theta * m)[None], data, theta)[0])
+  w = np.exp(-theta ** 2 * ((data - m) ** 2).sum(1) / (2 * v))
+  m_w = (w / w.sum()) @ data
+  np.testing.assert_allclose(drift, beta * theta * (m / 2 + (m_w - m) / v), rtol=1e-10)
+  assert np.linalg.norm(drift) > 0.5
+  symmetric = np.concatenate([data - m, m - data])  # p(y) = p(-y), mean 0
+  assert np.abs(symmetric.mean(0)).max() < 1e-12
+  centre = np.zeros((1, 2))
+  np.testing.assert_allclose(beta * S.empirical_score(centre, symmetric, theta)[0], 0.0, atol=1e-12)
 
 
 def test_top_eig_lanczos_matches_dense():

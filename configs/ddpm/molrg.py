@@ -1,4 +1,4 @@
-"""DDPM on a mixture of low-rank Gaussians (GEN papers; SPEC section 10): D = 3*4*4 = 48, K = 2, d = 7.
+"""DDPM on a mixture of low-rank Gaussians (Wang et al. 2024; docs/gen.md): D = 3*4*4 = 48, K = 2, d = 7.
 
 The data are already in model space (centered = False: no [0,1] scaling). Used for the Jacobian-rank study.
 """
