@@ -1,4 +1,4 @@
-"""Shared pytest set-up: repo root on sys.path, the `gpu` marker, fixture paths."""
+"""Common pytest set-up: repo root on sys.path, the `gpu` marker, the golden-fixture folder."""
 import os
 import sys
 
@@ -7,7 +7,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SHARED_FIXTURES = os.path.join(os.path.dirname(ROOT), 'shared', 'fixtures')
+FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
+FIXTURE_FOLDERS = ('fid_inception', 'score_sde_ddpm', 'ssb_ddpm')
 
 
 def pytest_configure(config):
@@ -24,11 +25,14 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def fixtures_dir():
-  if not os.path.isdir(SHARED_FIXTURES):
-    pytest.skip(f'shared fixtures not found at {SHARED_FIXTURES}')
-  return SHARED_FIXTURES
+  """tests/fixtures: the golden reference data (see each sub-folder's README). Part of the repository, so a
+  missing folder is an error, never a skip."""
+  missing = [name for name in FIXTURE_FOLDERS if not os.path.isdir(os.path.join(FIXTURES, name))]
+  if missing:
+    raise FileNotFoundError(f'golden fixtures {missing} missing under {FIXTURES}; they ship with the repository')
+  return FIXTURES
 
 
 def tiny_digits_config(tmp_dir, **overrides):

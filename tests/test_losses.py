@@ -26,6 +26,32 @@ def test_loss_is_mean_squared_eps_error():
   assert again.item() == loss.item()  # a function of the generator only
 
 
+class _Oracle(torch.nn.Module):
+  """Knows x0, so it returns the true eps of x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al.,
+  Eq. 4), plus ``bias``; it records the timesteps it is given."""
+
+  def __init__(self, schedule, x0, bias):
+    super().__init__()
+    self.schedule, self.x0, self.bias, self.seen = schedule, x0, bias, []
+
+  def forward(self, x, t):
+    self.seen.append(t)
+    return self.schedule.eps_from_x0(x.double(), t.long(), self.x0.double()).float() + self.bias
+
+
+@pytest.mark.parametrize('bias', [0.0, 0.3])
+def test_loss_of_an_oracle_is_its_squared_bias(bias):
+  """The loss pairs eps with the x_t and t it made: an exact eps predictor scores bias^2, whatever t is."""
+  s = DDPMSchedule()
+  x0 = torch.rand(256, 1, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
+  model = _Oracle(s, x0, bias)
+  loss = losses.ddpm_loss(model, s, x0, torch.Generator().manual_seed(0)).item()
+  assert loss == pytest.approx(bias ** 2, abs=1e-7)  # an off-by-one t gives ~1e-4
+  t = model.seen[0]
+  assert t.dtype == torch.float32 and t.shape == (256,) and torch.equal(t, t.round())  # integer labels
+  assert t.min() >= 0 and t.max() <= s.T - 1 and t.min() < 50 and t.max() > s.T - 50  # t ~ U{0..T-1}
+
+
 def test_warmup_and_clipping():
   config = cifar10.get_config()
   assert losses.learning_rate(config, 0) == 0.0

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from moments import RunningMoments
 
@@ -12,6 +13,16 @@ def test_streaming_moments_equal_numpy():
   assert m.n == 257
   np.testing.assert_allclose(m.mean(), x.mean(0), rtol=1e-12, atol=1e-12)
   np.testing.assert_allclose(m.cov(), np.cov(x, rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+def test_image_batches_are_flattened_and_accumulated_in_float64():
+  x = torch.rand(30, 1, 2, 3, generator=torch.Generator().manual_seed(0)) + 100.0  # float32, far-off mean
+  m = RunningMoments(6)
+  m.update(x[:13])
+  m.update(x[13:])
+  rows = x.reshape(30, 6).double().numpy()
+  np.testing.assert_allclose(m.mean(), rows.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(m.cov(), np.cov(rows, rowvar=False), atol=1e-9)
 
 
 def test_errors():

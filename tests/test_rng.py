@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import rng
@@ -14,13 +15,18 @@ def test_per_sample_draws_do_not_depend_on_batching():
 def test_seeds_are_distinct_and_shared_generator_works():
   seeds = {rng.sample_seed(s, i) for s in range(3) for i in range(100)}
   assert len(seeds) == 300
-  a = rng.randn((4, 5), torch.Generator().manual_seed(1))
-  b = rng.randn((4, 5), torch.Generator().manual_seed(1))
-  torch.testing.assert_close(a, b)
+  # one generator: the batch is one joint draw, the same numbers as torch.randn with that generator
+  joint = rng.randn((4, 5), torch.Generator().manual_seed(1), dtype=torch.float64)
+  assert joint.dtype == torch.float64
+  torch.testing.assert_close(joint, torch.randn((4, 5), generator=torch.Generator().manual_seed(1),
+                                                dtype=torch.float64))
+  # per-sample generators: row i is the stream of sample_seed(seed, i), whatever the batch
+  rows = rng.randn((3, 5), rng.per_sample_generators(1, [4, 0, 9]))
+  for row, i in zip(rows, [4, 0, 9]):
+    torch.testing.assert_close(row, torch.randn(5, generator=torch.Generator().manual_seed(rng.sample_seed(1, i))))
 
 
 def test_generator_count_mismatch_is_an_error():
-  import pytest
   with pytest.raises(ValueError, match='per-sample generators'):
     rng.randn((3, 2), rng.per_sample_generators(0, range(2)))
 
