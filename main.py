@@ -1,69 +1,108 @@
-"""Command-line entry point (absl). Every mode is a function in run_lib; this file only dispatches.
+"""Command-line entry point (absl). One table of modes; each runs after the config is validated.
 
 Examples:
-  python main.py --config=configs/ddpm/digits.py --workdir=workdirs/digits --mode=train
-  python main.py --config=configs/ddpm/digits.py --workdir=workdirs/digits --mode=sample \
-      --config.sampling.method=ddim --config.sampling.num_steps=5 --config.sampling.init=gls \
+  python main.py --config=configs/ddpm/digits.py --workdir=workdirs/digits --mode=all
+  python main.py --config=configs/ddpm/digits.py --workdir=workdirs/digits --mode=sample \\
+      --config.sampling.method=ddim --config.sampling.num_steps=5 --config.sampling.init=gls \\
       --config.sampling.t_start=500
-Any config field can be overridden with --config.<section>.<field>=<value>.
+Any config field can be overridden with --config.<section>.<field>=<value>. Input errors (a bad config value, a
+missing or corrupt file, a foreign checkpoint, a diverged run, a busy workdir) end with one line naming the cause
+and what to do; anything else is a bug and keeps its traceback.
 """
+import importlib
 import logging
+import os
 import sys
 
 from absl import app
 from absl import flags
 from ml_collections.config_flags import config_flags
 
-MODE_HELP = {
-    'train': 'train the DDPM (resumes from the newest checkpoint in --workdir)',
-    'sample': 'draw config.sampling.num_samples with the configured sampler/init/t_start; writes .npz + PNG grid',
-    'gauss_stats': 'stream the training data once and write the late-start moments file',
-    'fid_stats': 'write the FID reference statistics (and late-start moments) of the training split',
-    'eval': 'sweep samplers x steps x {vanilla, gls} x t_c, write results.{md,csv,json}, plots and grids',
-    'all': 'the main job: train, then fid_stats, then eval; prints the table',
-    'diversity': 'class composition of vanilla vs gls samples under a classifier',
-    'potentials': 'generative potential along a path between two samples, at several times',
-    'late_start_curve': 'FID/KID of the ancestral sampler started from N(0, I) at t, against t',
-    'predicted_tc': 'data-only t_c from the stability of the central fixed point',
-    'memorization': 'memorization -> generalization experiment over training-set sizes',
-    'mem_score': 'memorization / generalization / kNN scores of config.analysis.samples_file vs the training set',
-    'jacobian_rank': 'Jacobian rank of the denoiser along a sampling trajectory',
+# --mode=NAME: (help text, 'module:function', workdir locks it takes). The function takes (config, workdir). A lock
+# refuses a second run of the same kind in one workdir (two trainings, two sweeps) while it is held.
+MODES = {
+    'train': ('train the DDPM (resumes from the newest checkpoint in --workdir)', 'run_lib:train', ('train',)),
+    'sample': ('draw config.sampling.num_samples with the configured sampler/init/t_start; writes .npz + PNG grid',
+               'sampling:sample', ()),
+    'gauss_stats': ('stream the training data once and write the late-start moments file',
+                    'sampling:gauss_stats', ()),
+    'fid_stats': ('write the FID reference statistics (and late-start moments) of the training split',
+                  'eval_lib:fid_stats', ()),
+    'eval': ('sweep samplers x steps x {vanilla, gls} x t_c; write results.{md,csv,json}, plots and grids',
+             'eval_lib:evaluate', ('eval',)),
+    'all': ('the main job: train, then fid_stats if missing, then eval; prints the table', 'eval_lib:main_job', ('train', 'eval')),
+    'diversity': ('class composition of vanilla vs gls samples under a classifier, with intervals and a '
+                  'chi-square test', 'experiments.ssb:diversity', ('diversity',)),
+    'potentials': ('generative potential along a path between two samples, at several times',
+                   'experiments.ssb:potentials', ('potentials',)),
+    'late_start_curve': ('FID/KID of the ancestral sampler started from N(0, I) or gls at t, against t',
+                         'experiments.ssb:late_start_curve', ('late_start_curve',)),
+    'predicted_tc': ("data-only t_c: the largest t at which the generative drift's Jacobian at the noised data "
+                     'mean has a positive eigenvalue (the flow there stops contracting)',
+                     'experiments.ssb:predicted_tc', ('predicted_tc',)),
+    'memorization': ('memorization -> generalization over training-set sizes, with reproducibility between two '
+                     'independently trained models', 'experiments.gen:memorization', ('memorization',)),
+    'mem_score': ('memorization / generalization / kNN scores of config.analysis.samples_file vs the training set',
+                  'experiments.gen:mem_score', ('mem_score',)),
+    'jacobian_rank': ('Jacobian rank of the denoiser along a sampling trajectory', 'experiments.gen:jacobian_rank', ('jacobian_rank',)),
 }
-
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (ml_collections), e.g. configs/ddpm/digits.py. '
                                 'Override fields with --config.<section>.<field>=<value>.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Work directory: checkpoints, samples, TensorBoard logs, results.')
-flags.DEFINE_enum('mode', 'train', list(MODE_HELP), 'What to run:\n' +
-                  '\n'.join(f'  {k}: {v}' for k, v in MODE_HELP.items()))
+flags.DEFINE_enum('mode', 'train', list(MODES), 'What to run:\n' +
+                  '\n'.join(f'  {k}: {v[0]}' for k, v in MODES.items()))
 flags.DEFINE_string('sample_out', None, '--mode=sample: output .npz path (default: a name under '
                     '<workdir>/samples/ that encodes the settings).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def input_errors():
+  """The exception types that mean bad input (printed as one line); everything else is a bug."""
+  from errors import InputError
+  return (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FloatingPointError)
+
+
+def run_mode(mode, config, workdir, **kwargs):
+  """Validates the config, then runs ``mode`` (holding the workdir lock when the mode writes there)."""
+  import workdir as wd
+  from configs.validation import validate_config
+  validate_config(config)
+  import contextlib
+  import dist_util
+  _, target, locks = MODES[mode]
+  module, name = target.split(':')
+  fn = getattr(importlib.import_module(module), name)
+  if not locks or not dist_util.is_main():
+    return fn(config, workdir, **kwargs)
+  wd.ensure_writable(workdir)
+  with contextlib.ExitStack() as stack:
+    for lock in locks:
+      stack.enter_context(wd.WorkdirLock(workdir, lock))
+    return fn(config, workdir, **kwargs)
+
+
 def main(argv):
   del argv
-  import run_lib  # imported here so that --help stays fast
-  from models.utils import CheckpointError
   logging.getLogger().setLevel(logging.INFO)
-  handler = run_lib.MODES.get(FLAGS.mode)
-  if handler is None:
-    sys.exit(f'--mode={FLAGS.mode} is not implemented yet in this version.')
   kwargs = {'sample_out': FLAGS.sample_out} if FLAGS.mode == 'sample' else {}
   try:
-    handler(FLAGS.config, FLAGS.workdir, **kwargs)
-  except USER_ERRORS + (CheckpointError,) as err:  # bad input: one clear line, no traceback
+    run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir, **kwargs)
+  except input_errors() as err:  # bad input: one clear line, no traceback
     sys.exit(f'error: {type(err).__name__}: {err}')
 
 
-def _check_overrides(argv):
-  """Fails early, with the list of known fields, on a misspelt --config.<field> override."""
+def _check_arguments(argv):
+  """Fails early with one line on a missing config file or a misspelt --config.<field> override."""
   from configs.validation import ConfigError, check_override_fields, load_config_file
   paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
   paths += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == '--config']
-  if not paths or not any(a.startswith('--config.') for a in argv):
+  if not paths:
+    return
+  if not os.path.isfile(paths[-1]):
+    sys.exit(f'error: config file {paths[-1]} not found; pass one of configs/ddpm/*.py')
+  if not any(a.startswith('--config.') for a in argv):
     return
   try:
     check_override_fields(load_config_file(paths[-1]), argv)
@@ -72,5 +111,5 @@ def _check_overrides(argv):
 
 
 if __name__ == '__main__':
-  _check_overrides(sys.argv)
+  _check_arguments(sys.argv)
   app.run(main)

@@ -1,14 +1,7 @@
-"""Training and sampling entry points; ``main.py`` dispatches here, notebooks and tests call them too.
+"""Training (--mode=train): the DDPM loop, resumable to the bit, on one process or under torchrun.
 
-Workdir layout (score_sde's):
-  config.json                         the resolved config of the last run
-  checkpoints/checkpoint_{k}.pth      snapshots every snapshot_freq steps (k = step // snapshot_freq)
-  checkpoints-meta/checkpoint.pth     preemption checkpoint every snapshot_freq_for_preemption steps
-  samples/step_{step}.png             EMA sample grid at each snapshot
-  tensorboard/                        loss, lr, grad norm, eval loss
+The workdir layout is owned by ``workdir.py``; sampling (the snapshot grids too) by ``sampling.py``.
 """
-import glob
-import importlib
 import logging
 import os
 
@@ -18,56 +11,40 @@ from tqdm.auto import tqdm
 
 import datasets
 import dist_util
+import io_util
 import losses
 import rng
+import sampling
 import sde_lib
-from configs.validation import validate_config
+import workdir as wd
+from errors import InputError
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 
-DEFAULT_SAMPLE_SEED = 1234  # snapshot grids always start from the same noise, so they compare across steps
+SNAPSHOT_SEED = 1234  # snapshot grids always start from the same noise, so they compare across steps
 
 
-def get_device(config):
-  """'auto' -> CUDA when present, else CPU; 'cuda' without CUDA is an error."""
-  if config.device == 'cuda' and not torch.cuda.is_available():
-    raise ValueError('config.device="cuda" but CUDA is not available; use --config.device=cpu or auto')
-  if config.device in ('auto', 'cuda') and torch.cuda.is_available():
-    return torch.device('cuda', dist_util.local_rank())  # torchrun: one GPU per process
-  return torch.device('cpu' if config.device == 'auto' else config.device)
+def write_config(config, workdir):
+  """Writes the resolved config into the workdir (json; tuples become lists); rank 0 only."""
+  if dist_util.is_main():
+    io_util.write_text(wd.config_path(workdir), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def write_config(config, workdir, name='config.json'):
-  """Writes the resolved config into the workdir (json; tuples become lists)."""
-  os.makedirs(workdir, exist_ok=True)
-  if not dist_util.is_main():
-    return
-  with open(os.path.join(workdir, name), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def restore_for_training(config, workdir, model, ema, optimizer, device):
+  """The step to resume from: the newest loadable checkpoint, or 0 in a fresh workdir.
 
-
-def checkpoint_candidates(workdir):
-  """Existing checkpoints of a workdir, newest first (by modification time)."""
-  paths = glob.glob(os.path.join(workdir, 'checkpoints', 'checkpoint_*.pth'))
-  meta = os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth')
-  paths += [meta] if os.path.exists(meta) else []
-  return sorted(paths, key=os.path.getmtime, reverse=True)
-
-
-def restore_latest(workdir, model, ema, optimizer=None, device='cpu'):
-  """Loads the newest readable checkpoint; a corrupt one is reported and the previous one used.
-
-  Returns the step of the loaded checkpoint, or 0 when the workdir has none.
+  A workdir whose checkpoints all fail to load is refused (training would start over and later overwrite them),
+  unless --config.training.restart_unreadable=True says to start over on purpose.
   """
-  for path in checkpoint_candidates(workdir):
-    try:
-      step = mutils.load_checkpoint(path, model, ema, optimizer, map_location=device)
-    except mutils.CheckpointError as err:
-      logging.warning('skipping unreadable checkpoint %s: %s', path, err)
-      continue
-    logging.info('resumed from %s (step %d)', path, step)
-    return step
-  return 0
+  try:
+    return sampling.restore_checkpoint(workdir, model, ema, optimizer, device)
+  except mutils.CheckpointError as err:
+    if not config.training.restart_unreadable:
+      raise mutils.CheckpointError(f'{err} Training would start over and overwrite these files: fix the config '
+                                   '(e.g. model.variant), move the files away, or pass '
+                                   '--config.training.restart_unreadable=True to start from step 0 on purpose.')
+    logging.warning('starting from step 0 although checkpoints exist (training.restart_unreadable): %s', err)
+    return 0
 
 
 class _StepBatches(torch.utils.data.Sampler):
@@ -103,7 +80,7 @@ def _loader(config, dataset, batch_size, seed, start_step, shard=False):
 
 
 def _flip(x, generator, enabled):
-  """Random horizontal flip of half the batch (SPEC section 4), drawn from the step generator."""
+  """Random horizontal flip of each image with probability 1/2 (docs/data.md), drawn from the step generator."""
   if not enabled:
     return x
   mask = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
@@ -155,40 +132,63 @@ def _eval_loss(config, model, ema, schedule, eval_batches, step, device):
   return loss
 
 
+def _check_finite(model, ema, step):
+  """Refuses to go on (and so to save) when a weight or EMA weight is NaN or inf after the update of ``step``."""
+  tensors = list(model.parameters()) + list(ema.shadow_params)
+  if not all(bool(torch.isfinite(t).all()) for t in tensors):
+    raise FloatingPointError(
+        f'the weights became non-finite at step {step} (the loss was still finite): stopping without saving them. '
+        'The last checkpoint on disk holds finite weights and the run resumes from it; lower --config.optim.lr '
+        '(or raise optim.warmup / lower optim.grad_clip) before resuming.')
+
+
 def _save(workdir, config, model, ema, optimizer, step, meta_only):
   if not dist_util.is_main():
     return
   model = dist_util.unwrap(model)
-  mutils.save_checkpoint(os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth'), model, ema, optimizer, step)
+  mutils.save_checkpoint(wd.meta_checkpoint_path(workdir), model, ema, optimizer, step)
   if not meta_only:
-    path = os.path.join(workdir, 'checkpoints', f'checkpoint_{step // config.training.snapshot_freq}.pth')
-    mutils.save_checkpoint(path, model, ema, optimizer, step)
+    mutils.save_checkpoint(wd.checkpoint_path(workdir, step // config.training.snapshot_freq), model, ema,
+                           optimizer, step)
 
 
-def train(config, workdir):
-  """Trains the DDPM of ``config`` in ``workdir``; resumes from the newest checkpoint if there is one."""
-  validate_config(config)
-  dist_util.init()
-  device, main = get_device(config), dist_util.is_main()
+def _start(config, workdir, device):
+  """Checks, lock-free set-up and the resumed state: (schedule, model, ema, optimizer, step)."""
   if config.training.batch_size % dist_util.world_size():
-    raise ValueError(f'training.batch_size={config.training.batch_size} must be divisible by the number of '
+    raise InputError(f'training.batch_size={config.training.batch_size} must be divisible by the number of '
                      f'processes ({dist_util.world_size()})')
+  if dist_util.is_main():
+    wd.ensure_writable(workdir)
+    for folder in (wd.checkpoint_dir(workdir), wd.meta_dir(workdir)):
+      for path in io_util.remove_stale_tmp(folder):
+        logging.warning('removed %s, left by a checkpoint write that was killed', path)
+  dist_util.barrier()
   write_config(config, workdir)
   schedule = sde_lib.DDPMSchedule.from_config(config)
   model, ema, optimizer = build_state(config, device)
-  step = restore_latest(workdir, model, ema, optimizer, device)
+  step = restore_for_training(config, workdir, model, ema, optimizer, device)
+  return schedule, model, ema, optimizer, step
+
+
+def train(config, workdir):
+  """Trains the DDPM of ``config`` in ``workdir``; resumes from the newest checkpoint if there is one.
+
+  Returns (model, ema). Only rank 0 writes; every rank resumes from the same checkpoint.
+  """
+  dist_util.init()
+  device, main = dist_util.get_device(config), dist_util.is_main()
+  schedule, model, ema, optimizer, step = _start(config, workdir, device)
   n_iters, tc = config.training.n_iters, config.training
   if step >= n_iters:
     logging.info('training already finished at step %d (n_iters=%d)', step, n_iters)
     return model, ema
   scaler = datasets.get_data_scaler(config)
-  train_ds = datasets.get_dataset(config, 'train')
   eval_ds = datasets.get_dataset(config, 'eval')
-  batches = _loader(config, train_ds, tc.batch_size, config.seed, step, shard=True)
+  batches = _loader(config, datasets.get_dataset(config, 'train'), tc.batch_size, config.seed, step, shard=True)
   ddp_model = dist_util.wrap_model(model)
   eval_batches = _loader(config, eval_ds, min(tc.batch_size, len(eval_ds)), config.seed + 3, 0)
   from torch.utils.tensorboard import SummaryWriter
-  writer = SummaryWriter(os.path.join(workdir, 'tensorboard')) if main else None
+  writer = SummaryWriter(wd.tensorboard_dir(workdir)) if main else None
   pbar = tqdm(total=n_iters, initial=step, desc='train', dynamic_ncols=True, disable=not main)
   try:
     while step < n_iters:
@@ -205,6 +205,7 @@ def train(config, workdir):
         writer.add_scalar('eval/loss', _eval_loss(config, model, ema, schedule, eval_batches, step, device), step)
       snapshot = step % tc.snapshot_freq == 0 or step == n_iters
       if snapshot or step % tc.snapshot_freq_for_preemption == 0:
+        _check_finite(model, ema, step)
         _save(workdir, config, model, ema, optimizer, step, meta_only=not snapshot)
       if main and snapshot and tc.snapshot_sampling:
         path = snapshot_grid(config, workdir, model, ema, schedule, step, device)
@@ -221,229 +222,13 @@ def _read_png(path):
   return np.asarray(Image.open(path).convert('RGB'))
 
 
-# ------------------------------------------------------------------------------------------ sampling
-def sampler_options(method, sampling):
-  """Keyword options of a sampler from ``config.sampling`` (eta < 0 keeps the method's default)."""
-  if method == 'pndm':
-    return {'variant': sampling.pndm_variant}
-  if method == 'ddim' and sampling.eta >= 0:
-    return {'eta': float(sampling.eta)}
-  return {}
-
-
-def sample_timesteps(config, method, num_steps, t_start, grid=None):
-  """The descending grid of a run; the full ancestral ddpm when num_steps == t_start + 1."""
-  from samplers import grids
-  return grids.make_grid(grid or config.sampling.grid, num_steps, t_start, config.model.num_scales)
-
-
-def generate(eps_fn, schedule, method, timesteps, initialiser, num_samples, batch_size, seed, device,
-             inverse_scaler, options=None, progress=True, desc='sample'):
-  """Draws ``num_samples`` images; sample i uses generator sample_seed(seed, i) for its start and step noise.
-
-  Returns float32 numpy (N, C, H, W) in [0, 1] (clipped), independent of ``batch_size`` and, under torchrun, of
-  the number of processes (each draws its share of the indices; every rank gets the gathered result).
-  """
-  from samplers import get_sampler
-  sampler, out = get_sampler(method), []
-  indices = dist_util.shard(range(num_samples))
-  for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress or not dist_util.is_main(),
-                    dynamic_ncols=True):
-    gens = rng.per_sample_generators(seed, indices[start:start + batch_size])
-    x_init = initialiser.sample(len(gens), gens).to(device, torch.float32)
-    x0 = sampler(eps_fn, schedule, x_init, timesteps, generator=gens, **(options or {}))
-    out.append(inverse_scaler(x0).clamp(0.0, 1.0).float().cpu().numpy())
-  local = (np.concatenate(out) if out else
-           np.zeros((0, *initialiser.sample(1, torch.Generator()).shape[1:]), np.float32))
-  return dist_util.gather_ordered(local, indices, num_samples)
-
-
-def save_grid(images, path, nrow=None):
-  """Saves (N, C, H, W) float images in [0, 1] as one PNG grid (nearest-upscaled when tiny)."""
-  import torchvision
-  x = torch.as_tensor(images[:256])
-  if x.shape[-1] < 32:
-    x = torch.nn.functional.interpolate(x, scale_factor=max(1, 32 // x.shape[-1]), mode='nearest')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  torchvision.utils.save_image(x, path, nrow=nrow or int(np.ceil(np.sqrt(len(x)))), padding=2, pad_value=1.0)
-  return path
-
-
 def snapshot_grid(config, workdir, model, ema, schedule, step, device):
-  """EMA sample grid of a training snapshot: the configured snapshot sampler from N(0, I) at T-1."""
-  from samplers.initialisers import StandardNormal
+  """EMA sample grid of a training snapshot: the configured snapshot sampler from N(0, I), DDIM's uniform grid."""
   tc, T = config.training, config.model.num_scales
-  method = tc.snapshot_sampler
-  timesteps = sample_timesteps(config, method, min(tc.snapshot_num_steps, T), T - 1, grid='uniform')
-  shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
-  images = generate(mutils.ema_eps_fn(model, ema), schedule, method, timesteps, StandardNormal(shape, T - 1),
-                    tc.snapshot_num_samples, tc.snapshot_num_samples, DEFAULT_SAMPLE_SEED, device,
-                    datasets.get_data_inverse_scaler(config), progress=False)
-  return save_grid(images, os.path.join(workdir, 'samples', f'step_{step}.png'))
-
-
-def data_batches(config, split='train', batch_size=500, progress=True, desc='data'):
-  """Model-space batches (B, C, H, W) of a whole split, in order, without flips (one pass)."""
-  ds = datasets.get_dataset(config, split)
-  loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False,
-                                       num_workers=config.training.num_workers)
-  scaler = datasets.get_data_scaler(config)
-  for x, _ in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):
-    yield scaler(x)
-
-
-def load_ema_module(config, workdir, device):
-  """The U-Net with the EMA weights of the chosen checkpoint (config.sampling.checkpoint; -1 = newest), in eval
-  mode and usable under autograd / torch.func. Returns (model, step); a missing checkpoint says how to make one."""
-  model = mutils.create_model(config).to(device)
-  ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
-  index = config.sampling.checkpoint
-  if index < 0:
-    if not checkpoint_candidates(workdir):
-      raise FileNotFoundError(f'no checkpoint in {os.path.abspath(workdir)}/checkpoints or checkpoints-meta: '
-                              'train first (--mode=train) or point --workdir at a trained run')
-    step = restore_latest(workdir, model, ema, device=device)
-  else:
-    path = os.path.join(workdir, 'checkpoints', f'checkpoint_{index}.pth')
-    if not os.path.exists(path):
-      found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(workdir, 'checkpoints', '*.pth')))
-      raise FileNotFoundError(f'checkpoint {path} does not exist (config.sampling.checkpoint={index}); '
-                              f'available: {found or "none"}')
-    step = mutils.load_checkpoint(path, model, ema, map_location=device)
-  ema.copy_to(model.parameters())
-  return model.eval(), step
-
-
-def load_ema_model(config, workdir, device):
-  """eps function (x, t) -> eps of the EMA weights of the chosen checkpoint; returns (eps_fn, step)."""
-  model, step = load_ema_module(config, workdir, device)
-  return mutils.ema_eps_fn(model), step
-
-
-def late_start_moments(config):
-  """Data mean and covariance for the Gaussian late start, in model space.
-
-  Reads config.sampling.moments_file if set (missing = error); otherwise the stats_dir default, which is
-  computed with one streaming pass over the training split on first use and cached.
-  """
-  from samplers import initialisers
-  d = config.data
-  path = config.sampling.moments_file or initialisers.moments_path(config.sampling.stats_dir, d.dataset, d.image_size)
-  if config.sampling.moments_file or os.path.exists(path):
-    return initialisers.load_moments(path, d.dataset, d.image_size, d.num_channels)
-  logging.info('late-start moments not found at %s: computing them (one pass over the training split)', path)
-  moments = initialisers.compute_data_moments(data_batches(config, desc='late-start moments'))
-  initialisers.save_moments(path, moments, d.dataset, d.image_size, d.num_channels)
-  return moments
-
-
-def build_initialiser(config, schedule, t_start, init=None, moments=None, cache=None):
-  """StandardNormal at t_start, or the Gaussian late start fitted to the data (config.sampling.gls_*).
-
-  cache: a dict the caller keeps across t_c values; the exact fit is then eigendecomposed once and re-timed
-  with ``.at(t_start)`` (the Monte-Carlo fit is specific to its t_start and is always refitted).
-  """
-  from samplers import initialisers
-  init = init or config.sampling.init
-  shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
-  if init == 'normal':
-    return initialisers.StandardNormal(shape, t_start)
-  s = config.sampling
-  if cache is not None and s.gls_fit == 'exact':
-    if 'gls' not in cache:
-      cache['gls'] = build_initialiser(config, schedule, t_start, 'gls', moments)
-    return cache['gls'].at(t_start)
-  dtype = torch.float32 if s.gls_dtype == 'float32' else torch.float64
-  if s.gls_fit == 'monte_carlo':  # the paper's fit: one noised copy of each image at t_start, then np.cov
-    gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, t_start))
-    fit = initialisers.monte_carlo_moments(data_batches(config, desc='monte-carlo fit'), schedule, t_start, gen)
-    return initialisers.GaussianLateStart.from_noised_moments(t_start, fit['mean'], fit['cov'], shape, dtype=dtype)
-  moments = moments if moments is not None else late_start_moments(config)
-  return initialisers.GaussianLateStart.from_moments(schedule, t_start, moments['mean'], moments['cov'], shape,
-                                                     rank=s.gls_rank, dtype=dtype)
-
-
-def default_sample_path(config, workdir):
-  s = config.sampling
-  return os.path.join(workdir, 'samples', f'{s.method}_n{s.num_steps}_{s.grid}_{s.init}_tc{s.t_start}'
-                      f'_N{s.num_samples}_seed{config.seed}.npz')
-
-
-def save_npz_atomic(path, **arrays):
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def sample(config, workdir, sample_out=None):
-  """--mode=sample: draws config.sampling.num_samples; writes samples.npz (float32 [0,1] NCHW) and a PNG grid."""
-  from samplers import nfe
-  validate_config(config)
-  dist_util.init()
-  s, device = config.sampling, get_device(config)
-  schedule = sde_lib.DDPMSchedule.from_config(config)
-  timesteps = sample_timesteps(config, s.method, s.num_steps, s.t_start)  # bad grids fail here, before any work
-  initialiser = build_initialiser(config, schedule, s.t_start)
-  eps_fn, step = load_ema_model(config, workdir, device)
-  options = sampler_options(s.method, s)
-  images = generate(eps_fn, schedule, s.method, timesteps, initialiser, s.num_samples, s.batch_size, config.seed,
-                    device, datasets.get_data_inverse_scaler(config), options)
-  path = sample_out or default_sample_path(config, workdir)
-  if not dist_util.is_main():
-    return path
-  save_npz_atomic(path, samples=images, timesteps=np.asarray(timesteps), step=step,
-                  nfe=nfe(s.method, len(timesteps), **options))
-  save_grid(images, os.path.splitext(path)[0] + '.png')
-  logging.info('wrote %d samples to %s (%s, n=%d, NFE=%d, grid %s %s, init %s, checkpoint step %d)', len(images),
-               path, s.method, len(timesteps), nfe(s.method, len(timesteps), **options), s.grid,
-               list(np.asarray(timesteps)), s.init, step)
-  return path
-
-
-def gauss_stats(config, workdir):
-  """--mode=gauss_stats: (re)computes the late-start moments file of the training split."""
-  from samplers import initialisers
-  d = config.data
-  path = config.sampling.moments_file or initialisers.moments_path(config.sampling.stats_dir, d.dataset, d.image_size)
-  moments = initialisers.compute_data_moments(data_batches(config, desc='late-start moments'))
-  initialisers.save_moments(path, moments, d.dataset, d.image_size, d.num_channels)
-  logging.info('wrote late-start moments of %d images to %s', moments['count'], path)
-  return path
-
-
-# ------------------------------------------------------------------------------------------ modes
-def run_all(config, workdir):
-  """--mode=all, the main job: train, then fid_stats (if missing), then the eval sweep; prints the table."""
-  import eval_lib
-  train(config, workdir)
-  if dist_util.is_main() and not os.path.exists(eval_lib.fid_stats_path(config)):
-    eval_lib.fid_stats(config, workdir)
-  dist_util.barrier()  # under torchrun the other ranks wait for rank 0's statistics
-  return eval_lib.evaluate(config, workdir)
-
-
-def _lazy(module, name):
-  """A mode implemented in another module, imported on use (keeps start-up and --help fast)."""
-  def call(config, workdir, **kwargs):
-    return getattr(importlib.import_module(module), name)(config, workdir, **kwargs)
-  call.__name__ = name
-  return call
-
-
-# --mode=<key> -> function(config, workdir, **kwargs); main.py dispatches through this dict.
-MODES = {
-    'train': train,
-    'sample': sample,
-    'gauss_stats': gauss_stats,
-    'fid_stats': _lazy('eval_lib', 'fid_stats'),
-    'eval': _lazy('eval_lib', 'evaluate'),
-    'all': run_all,
-    'diversity': _lazy('analysis.ssb_experiments', 'diversity'),
-    'potentials': _lazy('analysis.ssb_experiments', 'potentials'),
-    'late_start_curve': _lazy('analysis.ssb_experiments', 'late_start_curve'),
-    'predicted_tc': _lazy('analysis.ssb_experiments', 'predicted_tc'),
-    'memorization': _lazy('analysis.gen_experiments', 'memorization'),
-    'mem_score': _lazy('analysis.gen_experiments', 'mem_score'),
-    'jacobian_rank': _lazy('analysis.gen_experiments', 'jacobian_rank'),
-}
+  plan = sampling.sampling_plan(config, schedule, method=tc.snapshot_sampler,
+                                num_steps=min(tc.snapshot_num_steps, T), init='normal', t_start=T - 1,
+                                grid='uniform')
+  images = sampling.generate(mutils.ema_eps_fn(model, ema), schedule, plan, tc.snapshot_num_samples,
+                             tc.snapshot_num_samples, SNAPSHOT_SEED, device, datasets.get_data_inverse_scaler(config),
+                             progress=False)
+  return sampling.save_grid(images, wd.snapshot_grid_path(workdir, step))

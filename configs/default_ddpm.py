@@ -1,4 +1,4 @@
-"""Defaults shared by every DDPM config (SPEC section 4: SSB / score_sde numbers).
+"""Defaults shared by every DDPM config (SSB / score_sde numbers; docs/model.md).
 
 A dataset file imports ``get_default_configs()`` and changes only what differs.
 Every field can be overridden on the command line, e.g. ``--config.sampling.method=ddim``.
@@ -23,6 +23,7 @@ def get_default_configs():
   training.snapshot_sampler = 'ddim'  # sampler for the snapshot grid (EMA weights)
   training.snapshot_num_steps = 100
   training.num_workers = 2
+  training.restart_unreadable = False  # True: start over although the workdir's checkpoints do not load
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'
@@ -70,7 +71,7 @@ def get_default_configs():
   sampling.init = 'normal'  # normal | gls
   sampling.t_start = 999  # t_c, in [0, T-1]
   sampling.eta = -1.0  # DDIM eta; -1 = the method's own (ddim 0, fast ddpm 1)
-  sampling.pndm_variant = 'f-pndm'  # f-pndm (Runge-Kutta warm-up) | s-pndm (2nd order) | plms (no RK)
+  sampling.pndm_variant = 'f-pndm'  # f-pndm (RK warm-up) | s-pndm (2nd order) | plms (diffusers) | plms-euler
   sampling.gls_fit = 'exact'  # exact (streamed moments) | monte_carlo (the paper's fit)
   sampling.gls_rank = 0  # 0 = full covariance; r > 0 = rank-r plus diagonal
   sampling.gls_dtype = 'float64'  # float64 | float32
@@ -88,6 +89,7 @@ def get_default_configs():
   evaluate.t_starts = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
   evaluate.grid = 'late_start'
   evaluate.inception_path = ''  # optional pt_inception-2015-12-05-6726825d.pth
+  evaluate.fid_backend = 'auto'  # auto: onnxruntime on CPU if installed, else torch | torch | onnxruntime | openvino
   evaluate.kid_subset_size = 1000
 
   config.analysis = analysis = ml_collections.ConfigDict()
@@ -104,14 +106,18 @@ def get_default_configs():
   analysis.mem_num_samples = 200
   analysis.mem_num_steps = 50  # DDIM steps for the model and the optimal denoiser (same seeds)
   analysis.feature_net = 'pixels'  # pixels | inception | path to an SSCD TorchScript file
-  analysis.threshold = -1.0  # cosine threshold; -1 = the calibrated default of the feature net
+  analysis.threshold = -1.0  # similarity threshold; -1 = the calibrated default of the feature net
+  # SSCD only: False = the raw dot product of SSCD outputs, as the GEN reference (the released SSCD
+  # TorchScript models already end with an L2 normalisation); True = L2-normalise them first (docs/gen.md)
+  analysis.sscd_normalize = False
   analysis.samples_file = ''  # --mode=mem_score: an npz with key 'samples' (N, C, H, W) in [0, 1]
   # --mode=jacobian_rank
   analysis.jacobian_num_samples = 4
   analysis.jacobian_num_steps = 20
   # --mode=diversity
-  analysis.diversity_method = 'ddim'
-  analysis.diversity_num_steps = 5
+  analysis.diversity_methods = ('ddim', 'pndm')  # samplers compared, vanilla against gls (best sweep t_c)
+  analysis.diversity_steps = (3, 5, 10)  # n of each
+  analysis.diversity_num_samples = 2000  # per arm: per-class fractions to about +-0.01
   analysis.classifier_path = ''  # TorchScript classifier ([0,1] NCHW -> logits); '' = train one on the data
   analysis.classifier_epochs = 30
   return config

@@ -1,4 +1,5 @@
 """Checks a resolved config before any work starts; every error names the offending field."""
+from errors import InputError
 
 DATASETS = ('MNIST', 'CIFAR10', 'CELEBA', 'IMAGENET64', 'DIGITS', 'MNIST5K', 'MOLRG')
 MODELS = ('ddpm',)
@@ -10,7 +11,7 @@ PNDM_VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
 GLS_FITS = ('exact', 'monte_carlo')
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
   """A config value that cannot work; the message names the field and what to do."""
 
 

@@ -1,2 +1,2 @@
-"""Score models (docs/model.md). Importing the package registers the DDPM U-Net."""
-from models import ddpm  # noqa: F401  (registers 'ddpm' in models.utils)
+"""Score models (docs/model.md): models/ddpm.py is the DDPM U-Net; models/utils.py builds models, reads and
+writes checkpoints and wraps model + EMA as an eps function."""

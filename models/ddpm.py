@@ -13,8 +13,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from errors import InputError
 from models import layers
-from models import utils
+
+VARIANTS = ('ssb', 'score_sde')
+NORMALIZATIONS = ('GroupNorm',)
+NONLINEARITIES = ('swish', 'silu', 'relu', 'elu', 'lrelu')
 
 
 def get_sigmas(config):
@@ -24,13 +28,37 @@ def get_sigmas(config):
   return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), config.model.num_scales))
 
 
-@utils.register_model(name='ddpm')
+def check_model_config(config):
+  """Raise ValueError naming the config field when a model setting is unusable."""
+  m = config.model
+  variant = m.get('variant', 'ssb')
+  if variant not in VARIANTS:
+    raise InputError(f'config.model.variant={variant!r} is unknown; use one of {VARIANTS}')
+  if m.nonlinearity not in NONLINEARITIES:
+    raise InputError(f'config.model.nonlinearity={m.nonlinearity!r} is unknown; use one of {NONLINEARITIES}')
+  if m.normalization not in NORMALIZATIONS:
+    raise InputError(f'config.model.normalization={m.normalization!r} is unknown; use one of {NORMALIZATIONS}')
+  ch_mult = tuple(m.ch_mult)
+  if not ch_mult or any(int(c) < 1 for c in ch_mult):
+    raise InputError(f'config.model.ch_mult={ch_mult} must be a non-empty tuple of positive ints')
+  factor = 2 ** (len(ch_mult) - 1)
+  if config.data.image_size < 1 or config.data.image_size % factor:
+    raise InputError(f'config.data.image_size={config.data.image_size} must be divisible by '
+                     f'2**(len(config.model.ch_mult)-1)={factor}; change image_size or ch_mult')
+  if m.nf % 32 or m.nf < 32:
+    raise InputError(f'config.model.nf={m.nf} must be a positive multiple of 32 (GroupNorm uses 32 groups)')
+  if m.num_res_blocks < 1:
+    raise InputError(f'config.model.num_res_blocks={m.num_res_blocks} must be >= 1')
+  if not 0.0 <= m.dropout < 1.0:
+    raise InputError(f'config.model.dropout={m.dropout} must be in [0, 1)')
+
+
 class DDPM(nn.Module):
   """eps-prediction U-Net. forward(x (B,C,H,W) in model space [-1,1], t (B,) float in [0, T-1]) -> (B,C,H,W)."""
 
   def __init__(self, config):
     super().__init__()
-    utils.check_model_config(config)
+    check_model_config(config)
     self._config = copy.deepcopy(config)  # lets load_checkpoint name the other variant when keys differ
     self.variant = config.model.get('variant', 'ssb')
     self.act = act = layers.get_act(config.model.nonlinearity)

@@ -1,4 +1,4 @@
-"""Model registry, creation, checkpoint I/O and the EMA eps-function wrapper (docs/model.md).
+"""Model creation, checkpoint I/O and the EMA eps-function wrapper (docs/model.md).
 
 Checkpoints use the score_sde / SSB layout (docs/model.md, "Checkpoint format"):
   {'optimizer': opt.state_dict() or {}, 'model': {'module.' + key: tensor}, 'ema': ema.state_dict(), 'step': int}
@@ -6,63 +6,26 @@ Checkpoints use the score_sde / SSB layout (docs/model.md, "Checkpoint format"):
 import copy
 import os
 import pickle
-import tempfile
 import zipfile
 
 import torch
 
-_MODELS = {}
-VARIANTS = ('ssb', 'score_sde')
-NORMALIZATIONS = ('GroupNorm',)
-NONLINEARITIES = ('swish', 'silu', 'relu', 'elu', 'lrelu')
+import io_util
+from errors import InputError
+from models import ddpm
+
+MODELS = {'ddpm': ddpm.DDPM}  # config.model.name -> class
 
 
-class CheckpointError(Exception):
+class CheckpointError(InputError):
   """A checkpoint file is missing, corrupt, or does not fit the model."""
 
 
-def register_model(cls=None, *, name=None):
-  """Class decorator: register a model class under `name` (default: the class name)."""
-  def _register(cls):
-    local_name = cls.__name__ if name is None else name
-    if local_name in _MODELS:
-      raise ValueError(f'Already registered model with name: {local_name}')
-    _MODELS[local_name] = cls
-    return cls
-  return _register if cls is None else _register(cls)
-
-
 def get_model(name):
-  """Registered model class by config.model.name."""
-  import models.ddpm  # noqa: F401  (registers 'ddpm')
-  if name not in _MODELS:
-    raise ValueError(f'config.model.name={name!r} is unknown; use one of {sorted(_MODELS)}')
-  return _MODELS[name]
-
-
-def check_model_config(config):
-  """Raise ValueError naming the config field when a model setting is unusable."""
-  m = config.model
-  variant = m.get('variant', 'ssb')
-  if variant not in VARIANTS:
-    raise ValueError(f'config.model.variant={variant!r} is unknown; use one of {VARIANTS}')
-  if m.nonlinearity not in NONLINEARITIES:
-    raise ValueError(f'config.model.nonlinearity={m.nonlinearity!r} is unknown; use one of {NONLINEARITIES}')
-  if m.normalization not in NORMALIZATIONS:
-    raise ValueError(f'config.model.normalization={m.normalization!r} is unknown; use one of {NORMALIZATIONS}')
-  ch_mult = tuple(m.ch_mult)
-  if not ch_mult or any(int(c) < 1 for c in ch_mult):
-    raise ValueError(f'config.model.ch_mult={ch_mult} must be a non-empty tuple of positive ints')
-  factor = 2 ** (len(ch_mult) - 1)
-  if config.data.image_size < 1 or config.data.image_size % factor:
-    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by '
-                     f'2**(len(config.model.ch_mult)-1)={factor}; change image_size or ch_mult')
-  if m.nf % 32 or m.nf < 32:
-    raise ValueError(f'config.model.nf={m.nf} must be a positive multiple of 32 (GroupNorm uses 32 groups)')
-  if m.num_res_blocks < 1:
-    raise ValueError(f'config.model.num_res_blocks={m.num_res_blocks} must be >= 1')
-  if not 0.0 <= m.dropout < 1.0:
-    raise ValueError(f'config.model.dropout={m.dropout} must be in [0, 1)')
+  """The model class for config.model.name (one explicit table; models/ddpm.py defines the U-Net)."""
+  if name not in MODELS:
+    raise InputError(f'config.model.name={name!r} is unknown; use one of {sorted(MODELS)}')
+  return MODELS[name]
 
 
 def create_model(config):
@@ -92,19 +55,7 @@ def save_checkpoint(path, model, ema, optimizer, step):
       'ema': ema.state_dict() if ema is not None else {},
       'step': int(step),
   }
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      torch.save(state, f)
-      f.flush()
-      os.fsync(f.fileno())  # a crash after os.replace must not leave a truncated checkpoint
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  io_util.atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _read(path, map_location):

@@ -1,12 +1,12 @@
-"""Initial states x_init for the samplers (SPEC section 6); run_lib imports this, samplers never do.
+"""Initial states x_init for the samplers (docs/late_start.md); run_lib imports this, samplers never do.
 
 * StandardNormal(shape, t_start): the vanilla start z ~ N(0, I).
 * GaussianLateStart: the Gaussian late start (gls) at t_c = t_start, matching the noised data
   moments mu_t = sqrt(a) mu, Sigma_t = a Sigma + (1 - a) I, a = alpha_bar(t_c). With
   Sigma = U diag(lambda) U^T (one eigendecomposition for every t_c, see ``.at``) a draw is
     x = mu_t + U (sqrt(a lambda + 1 - a) * (U^T z)),     z = the StandardNormal draw,
-  i.e. x = mu_t + Sigma_t^{1/2} z with the symmetric square root. SPEC writes U (s * z); both
-  have covariance Sigma_t, and the symmetric root makes gls and vanilla share the noise draw in
+  i.e. x = mu_t + Sigma_t^{1/2} z with the symmetric square root. The plain factor U (s * z) would
+  do too; both have covariance Sigma_t, and the symmetric root makes gls and vanilla share the noise draw in
   the strong sense that x -> z as t_c -> T (a -> 0). Costs two (D x D) matmuls per row.
   Rank r > 0 keeps the top-r eigenpairs plus the diagonal remainder d = diag(Sigma) -
   sum_k lambda_k U_k^2 (so every per-pixel variance a Sigma_ii + 1 - a is preserved):
@@ -15,12 +15,17 @@
   mean/cov); ``GaussianLateStart.from_noised_moments`` uses it at that t only.
 * compute/save/load_moments and moments_path: the data moments file used by the exact gls.
 """
+import logging
 import os
+import zipfile
+import zlib
 
 import numpy as np
 import torch
 
+import io_util
 import rng
+from errors import InputError
 from moments import RunningMoments
 
 
@@ -39,6 +44,73 @@ def _check_square(mean, cov):
   if mean.ndim != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
     raise ValueError(f'moments must be mean (D,) and cov (D, D), got {tuple(mean.shape)} and '
                      f'{tuple(cov.shape)}')
+
+
+def partial_fit_pays(dim, rank) -> bool:
+  """True when a rank-r subspace iteration beats the full eigh: D >= 1024 and the block (2r + 16) <= D / 4."""
+  return dim >= 1024 and 4 * _block_size(rank) <= dim
+
+
+def _block_size(rank):
+  return 2 * rank + 16  # oversampling by r + 16 makes the Ritz values converge at (lambda_{2r+17} / lambda_r)^i
+
+
+def _fix_signs(vecs):
+  """Flips each column so that its largest-magnitude entry is positive: a rank-r fit then draws the same samples
+  whichever solver found it (the symmetric full-rank root does not depend on signs)."""
+  idx = vecs.abs().argmax(dim=0)
+  signs = torch.sign(vecs[idx, torch.arange(vecs.shape[1])])
+  return vecs * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
+def _orthonormalise(y):
+  """Orthonormal basis of the columns of y (D, k): Cholesky QR twice (GEMMs only, stable to cond(y) ~ 1e7),
+  Householder QR when y is (near) rank-deficient."""
+  for _ in range(2):
+    chol, info = torch.linalg.cholesky_ex(y.T @ y)
+    if int(info) != 0:
+      return torch.linalg.qr(y).Q
+    y = torch.linalg.solve_triangular(chol.T, y, upper=True, left=False)
+  return y
+
+
+def _is_symmetric(cov, block=1024):
+  """Exact symmetry test in row blocks (no (D, D) temporary)."""
+  return all(torch.equal(cov[i:i + block], cov[:, i:i + block].T) for i in range(0, cov.shape[0], block))
+
+
+def top_eigenpairs(cov, rank, tol=1e-9, max_iter=300, seed=0):
+  """Top-r eigenpairs of the symmetric part of cov (D, D) float64 -> (eigvals (r,) descending, >= 0,
+  eigvecs (D, r) orthonormal, signs as _fix_signs), by subspace iteration with Rayleigh-Ritz ("Finding
+  structure with randomness", Halko, Martinsson and Tropp 2011, Algorithms 4.4 and 5.3).
+
+  Cost: O(D^2 (2r + 16)) per iteration and no (D, D) temporary (the full eigh needs several). It stops when every
+  Ritz pair has ||S v - theta v|| <= tol * max(theta, 1e-12 theta_1), which bounds each eigenvalue's error by
+  that residual; if that never happens in max_iter iterations (a flat spectrum), the full eigh is used.
+  """
+  dim = cov.shape[0]
+  k = min(_block_size(rank), dim)
+  if _is_symmetric(cov):
+    apply = lambda q: cov @ q  # noqa: E731
+  else:  # round-off asymmetry from streaming: S q = (C q + C^T q) / 2 without forming S
+    apply = lambda q: 0.5 * (cov @ q + cov.T @ q)  # noqa: E731
+  gen = torch.Generator().manual_seed(seed)
+  q = _orthonormalise(torch.randn(dim, k, generator=gen, dtype=torch.float64))
+  for _ in range(max_iter):
+    y = apply(q)
+    t = q.T @ y
+    theta, w = np.linalg.eigh(0.5 * (t + t.T).numpy())  # k x k; numpy's LAPACK is faster at this size
+    theta, w = torch.from_numpy(theta[::-1][:rank].copy()), torch.from_numpy(w[:, ::-1][:, :rank].copy())
+    vecs = q @ w
+    resid = (y @ w - vecs * theta).norm(dim=0)
+    floor = 1e-12 * max(float(theta[0]), 0.0)
+    if bool((resid <= tol * theta.abs().clamp(min=floor)).all()):
+      return theta.clamp(min=0), _fix_signs(vecs)
+    q = _orthonormalise(y)
+  logging.warning('late start: the rank-%d subspace iteration did not converge in %d iterations (flat '
+                  'spectrum?); using the full eigendecomposition', rank, max_iter)
+  eigvals, eigvecs = torch.linalg.eigh(0.5 * (cov + cov.T))
+  return eigvals[-rank:].flip(0).clamp(min=0), _fix_signs(eigvecs[:, -rank:].flip(1))
 
 
 class GaussianLateStart:
@@ -72,28 +144,41 @@ class GaussianLateStart:
       raise ValueError(f'sampling.t_start must be in [0, {schedule.T - 1}], got {t_start}')
     a = 1.0 if self.noised else float(schedule.alpha_bar(self.t_start))
     self.alpha_bar = a
-    # Per-eigendirection std and shifted mean at t_start (SPEC section 6 "exact moments").
+    # Per-eigendirection std and shifted mean at t_start (docs/late_start.md, "Exact moments").
     full = self.resid_var is None
     self._std = (a * self.eigvals.clamp(min=0) + ((1 - a) if full else 0.0)).sqrt()
     self._mean_t = a ** 0.5 * self.mean
     self._resid_std = None if full else (a * self.resid_var.clamp(min=0) + (1 - a)).sqrt()
 
   @classmethod
-  def from_moments(cls, schedule, t_start, mean, cov, shape, rank=0, dtype=torch.float64):
-    """Eigendecomposes the data covariance once (float64); rank 0 = full, r > 0 = top-r + diagonal."""
+  def from_moments(cls, schedule, t_start, mean, cov, shape, rank=0, dtype=torch.float64, solver='auto'):
+    """Eigendecomposes the data covariance once (float64); rank 0 = full, r > 0 = top-r + diagonal.
+
+    solver: 'eigh' = the full (D x D) eigendecomposition, truncated for r > 0 (the reference);
+    'subspace' = the top-r eigenpairs only, by subspace iteration (``top_eigenpairs``): for D = 12,288 and
+    r = 8 seconds instead of ~6 minutes and 7 GB (BENCHMARKS.md); 'auto' = 'subspace' when
+    0 < r and it pays off (partial_fit_pays), else 'eigh'. Both give the same rank-r fit to ~1e-10.
+    """
     mean = torch.as_tensor(np.asarray(mean), dtype=torch.float64)
     cov = torch.as_tensor(np.asarray(cov), dtype=torch.float64)
     _check_square(mean, cov)
-    if not 0 <= int(rank) <= mean.shape[0]:
-      raise ValueError(f'sampling.gls_rank must be in [0, D = {mean.shape[0]}], got {rank}')
-    cov = 0.5 * (cov + cov.T)  # symmetrise against streaming round-off
-    eigvals, eigvecs = torch.linalg.eigh(cov)  # ascending
-    eigvals = eigvals.clamp(min=0)
-    resid = None
-    if rank > 0 and rank < mean.shape[0]:
-      eigvals, eigvecs = eigvals[-rank:], eigvecs[:, -rank:]
-      # Diagonal remainder keeps the per-pixel variance diag(Sigma) exactly (module doc).
-      resid = (torch.diagonal(cov) - (eigvecs ** 2) @ eigvals).clamp(min=0)
+    dim, rank = mean.shape[0], int(rank)
+    if not 0 <= rank <= dim:
+      raise ValueError(f'sampling.gls_rank must be in [0, D = {dim}], got {rank}')
+    if solver not in ('auto', 'eigh', 'subspace'):
+      raise ValueError(f"solver must be 'auto', 'eigh' or 'subspace', got {solver!r}")
+    partial = 0 < rank < dim and (solver == 'subspace' or (solver == 'auto' and partial_fit_pays(dim, rank)))
+    if partial:
+      eigvals, eigvecs = (v.flip(-1) for v in top_eigenpairs(cov, rank))  # ascending, as eigh's
+    else:
+      # The symmetrised copy and eigh's workspace are what costs 7 GB at D = 12,288.
+      eigvals, eigvecs = torch.linalg.eigh(0.5 * (cov + cov.T))  # ascending
+      eigvals = eigvals.clamp(min=0)
+      if not 0 < rank < dim:
+        return cls(schedule, t_start, mean, eigvals, eigvecs, shape, dtype=dtype)
+      eigvals, eigvecs = eigvals[-rank:], _fix_signs(eigvecs[:, -rank:])
+    # Diagonal remainder keeps the per-pixel variance diag(Sigma) exactly (module doc).
+    resid = (torch.diagonal(cov) - (eigvecs ** 2) @ eigvals).clamp(min=0)
     return cls(schedule, t_start, mean, eigvals, eigvecs, shape, resid_var=resid, dtype=dtype)
 
   @classmethod
@@ -172,30 +257,45 @@ def moments_path(stats_dir, dataset, image_size):
   return f'{stats_dir}/{dataset.lower()}_{image_size}_moments.npz'
 
 
+class MomentsError(InputError):
+  """A late-start moments file is unreadable or belongs to another dataset / image_size / num_channels."""
+
+
 def save_moments(path, moments, dataset, image_size, num_channels):
-  """Atomic npz write of mean/cov/count with dataset, image_size, num_channels recorded."""
+  """Atomic npz write (io_util.atomic_write: readers never see a partial file, permissions 0666 minus the umask)
+  of mean/cov/count with dataset, image_size, num_channels recorded."""
   mean = np.asarray(moments['mean'])
   if mean.shape != (num_channels * image_size ** 2,):
     raise ValueError(f'moments of dimension {mean.shape} do not match {num_channels}x{image_size}^2')
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}.npz'
-  np.savez(tmp, mean=mean, cov=np.asarray(moments['cov']), count=int(moments['count']),
-           dataset=str(dataset).lower(), image_size=int(image_size), num_channels=int(num_channels))
-  os.replace(tmp, path)  # atomic: readers never see a partial file
+  io_util.save_npz(path, mean=mean, cov=np.asarray(moments['cov']), count=int(moments['count']),
+                   dataset=str(dataset).lower(), image_size=int(image_size), num_channels=int(num_channels))
 
 
 def load_moments(path, dataset, image_size, num_channels):
-  """Loads a save_moments file and checks it matches the config; dict(mean, cov, count)."""
+  """Loads a save_moments file and checks it matches the config; dict(mean, cov, count).
+
+  FileNotFoundError when missing; MomentsError (one line naming the file) when corrupt or for another config.
+  """
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'late-start moments file {path} not found; write it with --mode=gauss_stats (or --mode=fid_stats, '
         f'which also writes it), or point '
         f'sampling.moments_file at an existing file')
-  with np.load(path) as f:
-    found = (str(f['dataset']), int(f['image_size']), int(f['num_channels']))
-    out = {'mean': f['mean'], 'cov': f['cov'], 'count': int(f['count'])}
+  try:
+    with np.load(path) as f:
+      found = (str(f['dataset']), int(f['image_size']), int(f['num_channels']))
+      out = {'mean': f['mean'], 'cov': f['cov'], 'count': int(f['count'])}
+    _check_square(torch.as_tensor(out['mean']), torch.as_tensor(out['cov']))
+  except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as err:
+    text = str(err).strip().splitlines()
+    raise MomentsError(f'late-start moments file {path} is unreadable ({type(err).__name__}: '
+                       f'{text[0][:200] if text else ""}): the file is corrupt or truncated; delete it and rerun '
+                       f'--mode=gauss_stats') from None
   want = (str(dataset).lower(), int(image_size), int(num_channels))
   if found != want:
-    raise ValueError(f'moments file {path} holds (dataset, image_size, num_channels) = {found} but '
-                     f'the config asks for {want}; recompute it or fix sampling.moments_file')
+    raise MomentsError(f'moments file {path} holds (dataset, image_size, num_channels) = {found} but '
+                       f'the config asks for {want}; recompute it or fix sampling.moments_file')
+  if out['mean'].shape != (num_channels * image_size ** 2,):
+    raise MomentsError(f'moments file {path} holds a mean of shape {out["mean"].shape} for {want}: the file is '
+                       f'corrupt; delete it and rerun --mode=gauss_stats')
   return out

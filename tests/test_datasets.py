@@ -140,7 +140,8 @@ def test_imagenet64_npz_exact(tmp_path):
   assert x.shape == (3, 64, 64)
   np.testing.assert_array_equal(np.rint(x.numpy() * 255).astype(np.uint8).reshape(-1), raw[4][0][1])
   assert y.item() == raw[4][1][1] - 1  # 1-based on disk
-  assert isinstance(ds.images._arrays[3], np.memmap)  # np.savez batches are memory-mapped, not loaded
+  assert isinstance(ds.images[7], np.memmap)  # np.savez batches are memory-mapped, not loaded
+  assert not isinstance(datasets.get_dataset(config, 'eval').images[0], np.memmap)  # compressed: loaded
   xv, yv = datasets.load_arrays(config, 'eval')
   np.testing.assert_array_equal(np.rint(xv.numpy() * 255).astype(np.uint8).reshape(3, -1), raw['val'][0])
   np.testing.assert_array_equal(yv.numpy(), raw['val'][1] - 1)

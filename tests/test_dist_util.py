@@ -15,13 +15,16 @@ import sys
 import numpy as np
 import torch
 sys.path.insert(0, {root!r})
-import dist_util, run_lib, sde_lib
-from samplers.initialisers import StandardNormal
+import dist_util, sampling, sde_lib
+from configs.ddpm import digits
 dist_util.init()
+config = digits.get_config()
+config.data.image_size = 4
 schedule = sde_lib.DDPMSchedule()
 eps_fn = lambda x, t: 0.1 * x  # any deterministic function works for the check
-images = run_lib.generate(eps_fn, schedule, 'ddpm', [999, 500, 0], StandardNormal((1, 4, 4), 999), 7, 2, 3,
-                          torch.device('cpu'), lambda x: (x + 1) / 2, progress=False)
+plan = sampling.sampling_plan(config, schedule, 'ddpm', init='normal', timesteps=[999, 500, 0])
+images = sampling.generate(eps_fn, schedule, plan, 7, 2, 3, torch.device('cpu'), lambda x: (x + 1) / 2,
+                           progress=False)
 if dist_util.is_main():
   np.save(sys.argv[1], images)
 '''

@@ -8,6 +8,7 @@ import pytest
 import eval_lib
 import evaluation
 import run_lib
+import workdir as wd
 from conftest import tiny_digits_config
 
 
@@ -31,11 +32,10 @@ def trained(tmp_path_factory):
 
 def test_fid_stats_records_dataset_and_count(trained):
   config, _, stats = trained
-  from samplers import initialisers
-  ref = evaluation.load_stats(stats, 'DIGITS', 8)
+  ref = eval_lib.load_reference(config)  # checked against the weights hash and the data fingerprint
   assert ref['count'] == 32 and ref['feats'].shape == (32, 2048)
   assert ref['mu'].shape == (2048,) and ref['sigma'].shape == (2048, 2048)
-  assert os.path.exists(initialisers.moments_path(config.sampling.stats_dir, 'DIGITS', 8))
+  assert os.path.exists(wd.moments_path(config)) and stats == wd.fid_stats_path(config)
 
 
 def test_sweep_writes_tables_plots_grids_and_resumes(trained, monkeypatch):
@@ -44,14 +44,15 @@ def test_sweep_writes_tables_plots_grids_and_resumes(trained, monkeypatch):
   keys = {c['key'] for c in eval_lib.sweep_cells(config)}
   assert set(results) == keys and len(keys) == 4  # {ddim, pndm} x {vanilla, gls t_c=400}
   for r in results.values():
-    assert r['num_samples'] == 8 and np.isfinite(r['fid']) and r['fid'] > 0
+    assert r['num_samples'] == 8 and np.isfinite(r['fid']) and r['fid'] > 0 and r['checkpoint_step'] == 20
+    assert r['kid_std'] >= 0
     assert r['nfe'] == (3 if r['method'] == 'ddim' else 12)  # F-PNDM: n + 9 network calls
   out = os.path.join(workdir, 'eval')
   for name in ('results.md', 'results.csv', 'results_all.csv', 'fid_vs_tc_ddim.png', 'fid_vs_tc_pndm.png',
                'grid_ddim_n3.png', 'grid_pndm_n3.png'):
     assert os.path.exists(os.path.join(out, name)), name
   table = open(os.path.join(out, 'results.md')).read()
-  assert '| DIGITS | 3 |' in table and 't_c=400' in table and '[8] samples' in table
+  assert '| DIGITS | 3 |' in table and 't_c=400' in table and '[8] samples' in table and 'step [20]' in table
   # Vanilla and gls start from the same per-sample seeds but differ after the start.
   v = np.load(os.path.join(out, results['ddim_n3_normal_tc999_late_start']['samples']))['samples']
   g = np.load(os.path.join(out, results['ddim_n3_gls_tc400_late_start']['samples']))['samples']
@@ -70,6 +71,27 @@ def test_sweep_writes_tables_plots_grids_and_resumes(trained, monkeypatch):
   assert len(json.load(open(os.path.join(out, 'results.json')))) == 6
 
 
+def test_changed_cells_are_recomputed_not_reused(trained, monkeypatch):
+  """A cell's identity includes the sample count, the seed, the checkpoint and the reference statistics."""
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.eval.methods, config.eval.t_starts = ('ddim',), ()
+  eval_lib.evaluate(config, workdir)
+  calls = []
+  real_run_cell = eval_lib.run_cell
+  monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell['key']) or
+                      real_run_cell(c, cell, ctx))
+  config.eval.num_samples = 6
+  assert eval_lib.evaluate(config, workdir)['ddim_n3_normal_tc999_late_start']['num_samples'] == 6
+  config.seed = 7
+  eval_lib.evaluate(config, workdir)
+  assert calls == ['ddim_n3_normal_tc999_late_start'] * 2
+  config.training.n_iters = 25  # train further: a new checkpoint step makes the cell stale
+  run_lib.train(config, workdir)
+  record = eval_lib.evaluate(config, workdir)['ddim_n3_normal_tc999_late_start']
+  assert len(calls) == 3 and record['checkpoint_step'] == 25
+
+
 def test_missing_or_mismatched_stats_is_a_clear_error(trained, tmp_path):
   config, workdir, stats = trained
   config = tiny_digits_config(tmp_path, **{'data.num_train': 32})
@@ -79,6 +101,11 @@ def test_missing_or_mismatched_stats_is_a_clear_error(trained, tmp_path):
   with np.load(stats) as f:
     fields = dict(f)
   fields['image_size'] = np.int64(32)
-  np.savez(eval_lib.fid_stats_path(config), **fields)
-  with pytest.raises(evaluation.StatsMismatchError, match='image_size is 32'):
+  np.savez(wd.fid_stats_path(config), **fields)
+  with pytest.raises(evaluation.StatsMismatchError, match='image_size'):
+    eval_lib.evaluate(config, workdir)
+  config.data.num_train = 16  # the same file, but the config now describes other training data
+  fields['image_size'] = np.int64(8)
+  np.savez(wd.fid_stats_path(config), **fields)
+  with pytest.raises(evaluation.StatsMismatchError, match='fingerprint'):
     eval_lib.evaluate(config, workdir)

@@ -1,4 +1,4 @@
-"""FID/KID evaluation against fixtures/fid_inception (README tolerances) and error paths."""
+"""FID/KID evaluation against tests/fixtures/fid_inception (its README gives the tolerances) and error paths."""
 import json
 import os
 
@@ -26,12 +26,8 @@ def inception(cache):
 
 
 @pytest.fixture(scope='module')
-def golden():
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..', 'shared', 'fixtures',
-                      'fid_inception', 'golden.npz')
-  if not os.path.isfile(path):
-    pytest.skip('golden fixture missing')
-  return dict(np.load(path))
+def golden(fixtures_dir):
+  return dict(np.load(os.path.join(fixtures_dir, 'fid_inception', 'golden.npz')))
 
 
 def test_golden_features_rgb_and_gray(inception, golden):
@@ -61,8 +57,17 @@ def test_feature_moments_needs_two_images(inception, golden):
     ev.feature_moments([golden['images_gray'][:1]], inception, progress=False)
 
 
-def test_weights_cached_after_conversion(inception, cache):
-  assert os.path.isfile(os.path.join(cache, ev._CACHE_NAME))
+def test_weights_cached_after_conversion(inception, cache, monkeypatch):
+  files = sorted(os.listdir(cache))  # converted once, no temp file left; the sidecar records its SHA-256
+  assert len(files) == 2 and files[0].endswith('.pth') and files[1] == files[0] + '.sha256.json'
+  cached = torch.load(os.path.join(cache, files[0]), weights_only=True)
+  converted = ev.convert_fid_helper_weights(ev.fid_helper_torchscript_path())
+  assert cached.keys() == converted.keys() and all(torch.equal(cached[k], converted[k]) for k in cached)
+  monkeypatch.setenv('SSB_CACHE_DIR', cache)
+  monkeypatch.setattr(ev, 'fid_helper_torchscript_path', lambda: '')  # the cache alone is enough now
+  model = ev.load_inception()
+  for (k1, v1), (k2, v2) in zip(model.state_dict().items(), inception.state_dict().items()):
+    assert k1 == k2 and torch.equal(v1, v2)
 
 
 def test_bad_image_shape(inception):
@@ -81,10 +86,15 @@ def test_missing_weights_error(tmp_path, monkeypatch):
 
 def test_user_weights_file_is_loaded(inception, tmp_path):
   path = tmp_path / ev.PTFID_WEIGHTS_NAME
-  torch.save(ev._resolve_state_dict(''), path)  # stands in for pytorch-fid's .pth (same key layout)
+  state = ev.convert_fid_helper_weights(ev.fid_helper_torchscript_path())  # pytorch-fid's .pth key layout
+  first = next(k for k in state if k.endswith('conv.weight'))
+  state[first] = state[first] + 1.0  # marks the file, so loading the default weights instead would fail
+  torch.save(state, path)
   model = ev.load_inception(str(path))
-  for (k1, v1), (k2, v2) in zip(model.state_dict().items(), inception.state_dict().items()):
-    assert k1 == k2 and torch.equal(v1, v2)
+  changed = [k for (k, v1), v2 in zip(model.state_dict().items(), inception.state_dict().values())
+             if not torch.equal(v1, v2)]
+  assert len(changed) == 1  # exactly the marked tensor, offset by exactly 1
+  torch.testing.assert_close(model.state_dict()[changed[0]], inception.state_dict()[changed[0]] + 1.0)
 
 
 @pytest.mark.parametrize('case, atol', [('full', None), ('singular_10rows', 1e-4)])
@@ -131,16 +141,18 @@ def test_kid_unbiased_same_vs_shifted():
 
 def test_stats_round_trip_and_mismatch(tmp_path):
   rng = np.random.default_rng(0)
-  f = rng.normal(size=(20, 2048))
+  f = rng.normal(size=(40, 16))  # full-rank covariance: sqrtm is exact and fast (2048-d takes minutes)
   path = ev.stats_path(str(tmp_path), 'CIFAR10', 32)
   assert path == f'{tmp_path}/cifar10_32_stats.npz'
-  ev.save_stats(path, f.mean(0), np.cov(f, rowvar=False), 20, 'CIFAR10', 32, ev.NETWORK, feats=f[:5])
+  ev.save_stats(path, f.mean(0), np.cov(f, rowvar=False), 40, 'CIFAR10', 32, ev.NETWORK, feats=f[:5],
+                weights_hash='w' * 64, fingerprint='d' * 64)
   assert os.listdir(tmp_path) == ['cifar10_32_stats.npz']  # atomic write leaves no temp file
-  s = ev.load_stats(path, 'cifar10', 32)
+  s = ev.load_stats(path, 'cifar10', 32, 'w' * 64, 'd' * 64)
   np.testing.assert_array_equal(s['mu'], f.mean(0))
   np.testing.assert_array_equal(s['feats'], f[:5])
-  assert (s['count'], s['dataset'], s['image_size'], s['network']) == (20, 'cifar10', 32, ev.NETWORK)
-  assert ev.fid_from_stats(s, s) == pytest.approx(0, abs=1e-2)  # rank-19 sigma: sqrtm is only ~1e-3 exact
+  np.testing.assert_array_equal(s['sigma'], np.cov(f, rowvar=False))
+  assert (s['count'], s['dataset'], s['image_size'], s['network']) == (40, 'cifar10', 32, ev.NETWORK)
+  assert ev.fid_from_stats(s, s) == pytest.approx(0, abs=1e-9)
   with pytest.raises(ev.StatsMismatchError, match='dataset'):
     ev.load_stats(path, 'celeba', 32)
   with pytest.raises(ev.StatsMismatchError, match='image_size'):
@@ -159,8 +171,13 @@ def test_fid_from_stats_errors():
     ev.fid_from_stats(a, dict(a, mu=np.zeros(3), sigma=np.eye(3)))
   with pytest.raises(ValueError, match='at least 2'):
     ev.fid_from_stats(a, dict(a, count=1))
+
+
+def test_save_stats_refuses_one_image(tmp_path):
+  path = tmp_path / 'never.npz'
   with pytest.raises(ValueError, match='at least 2'):
-    ev.save_stats('/tmp/never.npz', np.zeros(4), np.eye(4), 1, 'x', 8)
+    ev.save_stats(str(path), np.zeros(4), np.eye(4), 1, 'x', 8, weights_hash='w', fingerprint='d')
+  assert not path.exists()
 
 
 @pytest.mark.parametrize('case, atol', [('full', 1e-9), ('singular_10rows', 1e-4)])
@@ -175,3 +192,154 @@ def test_fid_to_reference_matches_golden_and_sqrtm(fixtures_dir, case, atol):
   assert 'sigma_sqrt' in ref  # cached for the next cell of a sweep
   with pytest.raises(ValueError, match='mismatched'):
     ev.fid_to_reference(np.zeros(3), np.eye(3), ref)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fast CPU backends (fid_backend.py): the ONNX export of pytorch-fid's network, checked against it
+# ----------------------------------------------------------------------------------------------------------
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+
+import fid_backend  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def inception_torch(inception):
+  return ev.load_inception(backend='torch')
+
+
+@pytest.fixture(scope='module')
+def inception_onnx(inception):
+  pytest.importorskip('onnxruntime')
+  return ev.load_inception(backend='onnxruntime')
+
+
+def test_onnx_backend_matches_torch_and_golden(inception_onnx, inception_torch, golden):
+  assert isinstance(inception_onnx, fid_backend.FastInception)
+  assert not isinstance(inception_torch, fid_backend.FastInception)
+  rgb = torch.from_numpy(golden['images_rgb'])
+  fast, ref = (ev.inception_features(rgb, m, batch_size=4) for m in (inception_onnx, inception_torch))
+  assert fast.shape == (6, 2048) and fast.dtype == np.float64
+  assert np.abs(fast - ref).max() <= 1e-4 * np.abs(ref).max()
+  np.testing.assert_allclose(fast, golden['features_rgb'], atol=1e-4, rtol=1e-4)
+  gray = ev.inception_features(golden['images_gray'], inception_onnx)  # 8x8 input: the resize is in the graph
+  np.testing.assert_allclose(gray, golden['features_gray'], atol=1e-4, rtol=1e-4)
+  # FID between the two source photos' crops moves by far less than 0.1% (docs/fid.md, "Backends")
+  fids = [ev.fid_to_reference(f[:3].mean(0), np.cov(f[:3], rowvar=False),
+                              dict(mu=f[3:].mean(0), sigma=np.cov(f[3:], rowvar=False))) for f in (fast, ref)]
+  assert abs(fids[0] - fids[1]) <= 1e-3 * fids[1]
+
+
+def test_onnx_backend_is_called_like_the_torch_net(inception_onnx, inception_torch):
+  x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+  out = inception_onnx(x)
+  assert isinstance(out, list) and out[0].shape == (2, 2048, 1, 1) and out[0].dtype == torch.float32
+  with torch.inference_mode():
+    ref = inception_torch(x)[0]
+  assert (out[0] - ref).abs().max() <= 1e-4 * ref.abs().max()
+  assert inception_onnx.state_dict().keys() == inception_torch.state_dict().keys()
+  assert ev._model_device(inception_onnx).type == 'cpu'
+
+
+def test_load_inception_without_fast_backend_falls_back(inception, monkeypatch, caplog):
+  monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` raises ImportError
+  monkeypatch.setitem(sys.modules, 'openvino', None)
+  with caplog.at_level(logging.WARNING):
+    model = ev.load_inception(backend='auto')
+  assert type(model).__name__ == 'InceptionV3'  # pytorch-fid's module, the torch path
+  notices = [r.getMessage() for r in caplog.records if 'FID features' in r.getMessage()]
+  assert len(notices) == 1 and 'torch path' in notices[0] and '\n' not in notices[0]
+
+
+class _TinyNet(torch.nn.Module):
+  """Stands in for pytorch-fid's module in the cache tests: (N,3,H,W) [0,1] -> [(N,8,1,1)], any H and W."""
+
+  def __init__(self, seed):
+    super().__init__()
+    self.conv = torch.nn.Conv2d(3, 8, 3)
+    with torch.no_grad():
+      g = torch.Generator().manual_seed(seed)
+      self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g))
+      self.conv.bias.copy_(torch.randn(8, generator=g))
+
+  def forward(self, x):
+    x = F.interpolate(x, size=(16, 16), mode='bilinear', align_corners=False)
+    return [F.adaptive_avg_pool2d(torch.relu(self.conv(2 * x - 1)), 1)]
+
+
+def _tiny_features(net, x):
+  with torch.inference_mode():
+    return net(x)[0].reshape(len(x), -1).double().numpy()
+
+
+@pytest.mark.parametrize('backend', fid_backend.FAST_BACKENDS)
+def test_onnx_cache_reused_and_rebuilt_when_corrupt(backend, tmp_path, caplog):
+  pytest.importorskip(backend)
+  net, x = _TinyNet(0).eval(), torch.rand(4, 3, 20, 20)
+  fast = fid_backend.build(net, backend, str(tmp_path), 'ab' * 32)
+  path = fid_backend.onnx_cache_path(str(tmp_path), 'ab' * 32)
+  assert os.listdir(tmp_path) == [os.path.basename(path)]  # atomic write: no temp file left
+  np.testing.assert_allclose(fast.features(x), _tiny_features(net, x), rtol=1e-5, atol=1e-6)
+  stamp = os.stat(path).st_mtime_ns
+  with caplog.at_level(logging.WARNING):
+    fid_backend.build(net, backend, str(tmp_path), 'ab' * 32)
+  assert os.stat(path).st_mtime_ns == stamp and not caplog.records  # reused as it is
+  with open(path, 'wb') as f:
+    f.write(b'not an onnx file')
+  with caplog.at_level(logging.WARNING):
+    fast = fid_backend.build(net, backend, str(tmp_path), 'ab' * 32)
+  assert any('exporting it again' in r.getMessage() for r in caplog.records)
+  np.testing.assert_allclose(fast.features(x), _tiny_features(net, x), rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_cache_of_other_weights_is_caught_by_the_probe(tmp_path, caplog):
+  pytest.importorskip('onnxruntime')
+  fid_backend.build(_TinyNet(0).eval(), 'onnxruntime', str(tmp_path), 'cd' * 32)
+  other, x = _TinyNet(1).eval(), torch.rand(3, 3, 12, 12)
+  with caplog.at_level(logging.WARNING):  # same key, other weights: the probe check must see it
+    fast = fid_backend.build(other, 'onnxruntime', str(tmp_path), 'cd' * 32)
+  assert any('differs from the torch network' in r.getMessage() for r in caplog.records)
+  np.testing.assert_allclose(fast.features(x), _tiny_features(other, x), rtol=1e-5, atol=1e-6)
+
+
+def test_fast_backend_failure_falls_back_to_torch(tmp_path, monkeypatch, caplog):
+  pytest.importorskip('onnxruntime')
+  net = _TinyNet(0).eval()
+
+  def broken_export(module, path):
+    raise RuntimeError('exporter unavailable\nsecond line')
+  monkeypatch.setattr(fid_backend, 'export_onnx', broken_export)
+  with caplog.at_level(logging.WARNING):
+    model = fid_backend.wrap(net, 'auto', 'cpu', str(tmp_path), lambda: 'ef' * 32)
+  assert model is net
+  notices = [r.getMessage() for r in caplog.records]
+  assert len(notices) == 1 and 'exporter unavailable' in notices[0] and 'torch path' in notices[0]
+  assert '\n' not in notices[0] and os.listdir(tmp_path) == []
+
+
+def test_backend_choice(monkeypatch):
+  with pytest.raises(ValueError, match='fid_backend must be one of'):
+    fid_backend.resolve('tensorrt', 'cpu')
+  with pytest.raises(ValueError, match='CPU only'):
+    fid_backend.resolve('onnxruntime', 'cuda')
+  assert fid_backend.resolve('auto', 'cuda') == 'torch' and fid_backend.resolve('torch', 'cpu') == 'torch'
+  monkeypatch.setitem(sys.modules, 'onnxruntime', None)
+  monkeypatch.setitem(sys.modules, 'openvino', None)
+  assert fid_backend.resolve('onnxruntime', 'cpu') == 'torch'  # asked for but missing: torch, with a notice
+  net = _TinyNet(0)
+  assert fid_backend.wrap(net, 'openvino', 'cpu', '/nonexistent', lambda: 1 / 0) is net  # hash never needed
+
+
+@pytest.mark.gpu
+def test_cuda_features_fp32_without_tf32(cache, golden, monkeypatch):
+  monkeypatch.setenv('SSB_CACHE_DIR', cache)
+  model = ev.load_inception(device='cuda')  # 'auto' is the torch path on CUDA
+  assert not isinstance(model, fid_backend.FastInception)
+  monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', True)
+  monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', True)
+  feats = ev.inception_features(torch.from_numpy(golden['images_rgb']), model, batch_size=6)
+  np.testing.assert_allclose(feats, golden['features_rgb'], atol=1e-4, rtol=1e-4)  # TF32 would move ~1e-2
+  assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored afterwards

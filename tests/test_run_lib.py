@@ -1,4 +1,5 @@
-"""End-to-end smoke tests of training and sampling on tiny digits configs (a few seconds each)."""
+"""Training (run_lib): checkpoints, grids, logs, exact resume, corrupt or foreign checkpoints, NaN (tiny digits
+configs, a few seconds each)."""
 import glob
 import os
 import signal
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 import run_lib
+from models import utils as mutils
 from conftest import ROOT
 
 
@@ -43,27 +45,41 @@ def _train_cmd(workdir, n_iters):
 
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+  """No timeouts: the test waits for events (a checkpoint on disk, the process ending), never for the clock."""
   n_iters = 60
   ref_dir, run_dir = tmp_path / 'ref', tmp_path / 'killed'
-  subprocess.run(_train_cmd(ref_dir, n_iters), cwd=ROOT, check=True, capture_output=True, timeout=300)
+  subprocess.run(_train_cmd(ref_dir, n_iters), cwd=ROOT, check=True, capture_output=True)
   proc = subprocess.Popen(_train_cmd(run_dir, n_iters), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   meta = run_dir / 'checkpoints-meta' / 'checkpoint.pth'
-  deadline = time.time() + 240
-  while not meta.exists() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.05)
+  while not meta.exists() and proc.poll() is None:
+    time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   killed_at, _, _ = _weights(meta)
   assert killed_at < n_iters, 'the run finished before it could be killed'
-  subprocess.run(_train_cmd(run_dir, n_iters), cwd=ROOT, check=True, capture_output=True, timeout=300)
-  step_a, model_a, ema_a = _weights(ref_dir / 'checkpoints-meta' / 'checkpoint.pth')
-  step_b, model_b, ema_b = _weights(meta)
+  subprocess.run(_train_cmd(run_dir, n_iters), cwd=ROOT, check=True, capture_output=True)
+  _assert_same_run(ref_dir, run_dir, n_iters)
+
+
+def _assert_same_run(dir_a, dir_b, n_iters):
+  step_a, model_a, ema_a = _weights(os.path.join(dir_a, 'checkpoints-meta', 'checkpoint.pth'))
+  step_b, model_b, ema_b = _weights(os.path.join(dir_b, 'checkpoints-meta', 'checkpoint.pth'))
   assert step_a == step_b == n_iters
   for k in model_a:
     torch.testing.assert_close(model_a[k], model_b[k], rtol=0, atol=0, msg=k)
   for a, b in zip(ema_a, ema_b):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_training_in_two_parts_equals_one_run(tiny_config, tmp_path):
+  tiny_config.training.snapshot_sampling = False
+  run_lib.train(tiny_config, str(tmp_path / 'whole'))
+  tiny_config.training.n_iters = 10
+  run_lib.train(tiny_config, str(tmp_path / 'parts'))
+  tiny_config.training.n_iters = 20
+  run_lib.train(tiny_config, str(tmp_path / 'parts'))  # resumes at step 10
+  _assert_same_run(tmp_path / 'whole', tmp_path / 'parts', 20)
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tiny_config, tmp_path, caplog):
@@ -74,12 +90,38 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tiny_config, tmp_path,
     path = os.path.join(workdir, name)
     with open(path, 'r+b') as f:
       f.truncate(os.path.getsize(path) // 3)
-    os.utime(path)
   model, ema, opt = run_lib.build_state(tiny_config, 'cpu')
   with caplog.at_level('WARNING'):
-    step = run_lib.restore_latest(workdir, model, ema, opt)
+    step = run_lib.restore_for_training(tiny_config, workdir, model, ema, opt, 'cpu')
   assert step == 10
-  assert 'skipping unreadable checkpoint' in caplog.text
+  assert 'skipped an unreadable checkpoint' in caplog.text and 'checkpoint_2.pth' in caplog.text
+
+
+def test_training_refuses_a_workdir_whose_checkpoints_do_not_load(tiny_config, tmp_path):
+  workdir = str(tmp_path / 'run')
+  tiny_config.training.snapshot_sampling = False
+  run_lib.train(tiny_config, workdir)
+  before = {p: os.path.getsize(p) for p in glob.glob(os.path.join(workdir, 'checkpoints*', '*.pth'))}
+  tiny_config.model.variant = 'score_sde'  # the files hold the ssb variant
+  tiny_config.training.n_iters = 30
+  with pytest.raises(mutils.CheckpointError, match="model.variant=ssb.*restart_unreadable"):
+    run_lib.train(tiny_config, workdir)
+  assert {p: os.path.getsize(p) for p in before} == before  # nothing overwritten
+  tiny_config.training.restart_unreadable = True  # explicit: start over
+  run_lib.train(tiny_config, workdir)
+  assert _weights(os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth'))[0] == 30
+
+
+def test_newest_checkpoint_is_chosen_by_step_not_by_time(tiny_config, tmp_path):
+  import workdir as wd
+  workdir = str(tmp_path / 'run')
+  tiny_config.training.snapshot_sampling = False
+  run_lib.train(tiny_config, workdir)
+  os.utime(os.path.join(workdir, 'checkpoints', 'checkpoint_1.pth'))  # "touch": newest by mtime
+  os.remove(os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth'))
+  assert [step for step, _ in wd.checkpoints(workdir)] == [20, 10]
+  model, ema, opt = run_lib.build_state(tiny_config, 'cpu')
+  assert run_lib.restore_for_training(tiny_config, workdir, model, ema, opt, 'cpu') == 20
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tiny_config, tmp_path, monkeypatch):
@@ -100,31 +142,26 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tiny_config, 
   assert step == 10 and all(torch.isfinite(v).all() for v in model.values())
 
 
-def test_sample_mode_writes_npz_and_grid(tiny_config, tmp_path):
+def test_non_finite_weights_are_never_saved(tiny_config, tmp_path):
+  """An infinite learning rate: the loss of step 0 is finite, the update after it makes the weights non-finite,
+  and the save of that step is refused, so the checkpoint on disk stays finite and the message's advice holds."""
   workdir = str(tmp_path / 'run')
   tiny_config.training.snapshot_sampling = False
-  run_lib.train(tiny_config, workdir)
-  tiny_config.sampling.method, tiny_config.sampling.num_steps = 'ddim', 3
-  tiny_config.sampling.init, tiny_config.sampling.t_start = 'gls', 500
-  path = run_lib.sample(tiny_config, workdir)
-  assert path.endswith('ddim_n3_late_start_gls_tc500_N8_seed42.npz')
-  x = np.load(path)['samples']
-  assert x.shape == (8, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
-  assert os.path.exists(path[:-4] + '.png')
-  assert glob.glob(os.path.join(tiny_config.sampling.stats_dir, 'digits_8_moments.npz'))  # cached on first use
-  out = run_lib.sample(tiny_config, workdir, sample_out=str(tmp_path / 'mine.npz'))
-  np.testing.assert_array_equal(np.load(out)['samples'], x)  # seeded per sample: reproducible
+  tiny_config.training.snapshot_freq_for_preemption = 1
+  tiny_config.optim.lr, tiny_config.optim.warmup = float('inf'), 0
+  with pytest.raises(FloatingPointError) as err:
+    run_lib.train(tiny_config, workdir)
+  assert 'weights became non-finite at step 1' in str(err.value) and 'lower --config.optim.lr' in str(err.value)
+  for path in glob.glob(os.path.join(workdir, 'checkpoints*', '*.pth')):
+    _, model, ema = _weights(path)
+    assert all(torch.isfinite(v).all() for v in model.values()) and all(torch.isfinite(v).all() for v in ema)
 
 
-def test_sample_bad_inputs_fail_before_sampling(tiny_config, tmp_path):
-  from configs.validation import ConfigError
-  tiny_config.sampling.num_steps = 0
-  with pytest.raises(ConfigError, match='config.sampling.num_steps'):
-    run_lib.sample(tiny_config, str(tmp_path))
-  tiny_config.sampling.num_steps = 5
-  with pytest.raises(FileNotFoundError, match='no checkpoint in'):
-    run_lib.sample(tiny_config, str(tmp_path / 'empty'))
-  tiny_config.sampling.init = 'gls'
-  tiny_config.sampling.moments_file = str(tmp_path / 'nope.npz')
-  with pytest.raises(FileNotFoundError, match='nope.npz'):
-    run_lib.sample(tiny_config, str(tmp_path / 'empty'))
+def test_stale_tmp_files_of_a_killed_write_are_removed(tiny_config, tmp_path):
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  stale = workdir / 'checkpoints' / '.checkpoint_3.pth.abc123.tmp'
+  stale.write_bytes(b'partial')
+  tiny_config.training.snapshot_sampling = False
+  run_lib.train(tiny_config, str(workdir))
+  assert not stale.exists()

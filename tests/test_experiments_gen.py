@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 import run_lib
-from analysis import gen_experiments
+from experiments import gen
 from conftest import tiny_digits_config
 
 
@@ -14,7 +14,7 @@ def test_memorization_experiment_tiny(tmp_path):
   a = config.analysis
   a.mem_sizes, a.mem_n_iters, a.mem_num_samples, a.mem_num_steps = (4, 32), 8, 8, 5
   workdir = str(tmp_path / 'run')
-  rows = gen_experiments.memorization(config, workdir)
+  rows = gen.memorization(config, workdir)
   assert [r['num_train'] for r in rows] == [4, 32]
   for r in rows:
     for key in ('gen_score', 'mem_score', 'knn_mem', 'rp_model_vs_optimal', 'optimal_mem_score'):
@@ -32,7 +32,7 @@ def test_jacobian_rank_model_and_exact(tmp_path):
   config.analysis.jacobian_num_samples, config.analysis.jacobian_num_steps = 1, 3
   workdir = str(tmp_path / 'run')
   run_lib.train(config, workdir)
-  curves = gen_experiments.jacobian_rank(config, workdir)
+  curves = gen.jacobian_rank(config, workdir)
   assert set(curves) == {'trained U-Net', 'optimal empirical denoiser'}
   exact = curves['optimal empirical denoiser']
   assert len(exact) == 3
@@ -53,13 +53,13 @@ def test_mem_score_of_a_samples_file(tmp_path):
   path = tmp_path / 'samples.npz'
   np.savez(path, samples=np.concatenate([copies, noise]))
   config.analysis.samples_file = str(path)
-  out = gen_experiments.mem_score(config, str(tmp_path / 'run'))
+  out = gen.mem_score(config, str(tmp_path / 'run'))
   assert out['num_samples'] == 10 and out['num_train'] == len(train)
   assert out['mem_score'] == 0.6 and out['knn_mem'] == 0.6  # the 6 exact copies, not the 4 noise images
   assert os.path.exists(tmp_path / 'run' / 'analysis' / 'mem_score_samples.json')
   np.savez(path, samples=np.zeros((3, 1, 16, 16), np.float32))
   with pytest.raises(ValueError, match='do not match'):
-    gen_experiments.mem_score(config, str(tmp_path / 'run'))
+    gen.mem_score(config, str(tmp_path / 'run'))
   config.analysis.samples_file = str(tmp_path / 'missing.npz')
   with pytest.raises(FileNotFoundError, match='samples_file'):
-    gen_experiments.mem_score(config, str(tmp_path / 'run'))
+    gen.mem_score(config, str(tmp_path / 'run'))

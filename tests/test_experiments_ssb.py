@@ -1,4 +1,4 @@
-"""End-to-end: potentials, late_start_curve, predicted_tc and diversity on a tiny digits model."""
+"""experiments.ssb end to end: potentials, late_start_curve, predicted_tc and diversity on a tiny digits model."""
 import json
 import os
 
@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 import eval_lib
+import io_util
 import run_lib
-from analysis import ssb_experiments
+import sampling
 from conftest import tiny_digits_config
+from experiments import ssb
 
 
 @pytest.fixture(scope='module')
@@ -27,7 +29,7 @@ def test_potentials_plot_and_csv(trained):
   config, workdir = trained
   config.analysis.potential_steps = 10
   config.analysis.potential_times = (900, 500, 100)
-  rows = ssb_experiments.potentials(config, workdir)
+  rows = ssb.potentials(config, workdir)
   assert os.path.exists(os.path.join(workdir, 'analysis', 'potentials.png'))
   for t in (900, 500, 100):
     u = np.array([r[2] for r in rows if r[0] == t])
@@ -41,13 +43,13 @@ def test_late_start_curve_resumes(trained, monkeypatch):
   config.analysis.late_start_ts = (60, 20)
   config.analysis.late_start_samples = 6
   config.eval.kid_subset_size = 6
-  rows = ssb_experiments.late_start_curve(config, workdir)
+  rows = ssb.late_start_curve(config, workdir)
   assert [(r['init'], r['t'], r['nfe']) for r in rows] == [('normal', 60, 61), ('normal', 20, 21), ('gls', 60, 61),
                                                            ('gls', 20, 21)]
   assert all(np.isfinite(r['fid']) for r in rows)
   assert os.path.exists(os.path.join(workdir, 'analysis', 'late_start_curve.png'))
-  monkeypatch.setattr(run_lib, 'generate', lambda *a, **k: pytest.fail('a finished point was recomputed'))
-  assert ssb_experiments.late_start_curve(config, workdir) == rows
+  monkeypatch.setattr(sampling, 'generate', lambda *a, **k: pytest.fail('a finished point was recomputed'))
+  assert ssb.late_start_curve(config, workdir) == rows
 
 
 def test_predicted_tc_reports_sweep_best(trained):
@@ -56,21 +58,28 @@ def test_predicted_tc_reports_sweep_best(trained):
   os.makedirs(os.path.join(workdir, 'eval'), exist_ok=True)
   fake = {'ddim_n3_gls_tc400': dict(method='ddim', num_steps=3, init='gls', t_start=400, fid=5.0),
           'ddim_n3_gls_tc600': dict(method='ddim', num_steps=3, init='gls', t_start=600, fid=7.0)}
-  eval_lib._save_json(fake, os.path.join(workdir, 'eval', 'results.json'))
-  out = ssb_experiments.predicted_tc(config, workdir)
+  io_util.save_json(fake, os.path.join(workdir, 'eval', 'results.json'))
+  out = ssb.predicted_tc(config, workdir)
   assert 200 < out['predicted_tc'] < 700 and out['fid_optimal_tc'] == {'ddim_n3': 400}
   assert json.load(open(os.path.join(workdir, 'analysis', 'predicted_tc.json'))) == out
   os.remove(os.path.join(workdir, 'eval', 'results.json'))
 
 
-def test_diversity_trains_classifier_and_plots(trained):
+def test_diversity_reports_intervals_and_a_test_per_sampler_and_n(trained):
   config, workdir = trained
   config.analysis.classifier_epochs = 3
   config.sampling.t_start = 400
-  config.eval.num_samples = 16
-  out = ssb_experiments.diversity(config, workdir)
-  assert out['classifier_test_accuracy'] > 0.5
-  assert set(out['compositions']) == {'vanilla', 'gls (t_c=400)'}
-  for comp in out['compositions'].values():
-    assert abs(sum(comp['fractions']) - 1) < 1e-6 and 0 <= comp['entropy'] <= np.log(10) + 1e-9
-  assert os.path.exists(os.path.join(workdir, 'analysis', 'diversity.png'))
+  config.analysis.diversity_methods, config.analysis.diversity_steps = ('ddim', 'pndm'), (3,)
+  config.analysis.diversity_num_samples = 40
+  cells = ssb.diversity(config, workdir)
+  assert sorted(cells) == ['ddim_n3_tc400', 'pndm_n3_tc400']
+  for cell in cells.values():
+    assert set(cell['arms']) == {'vanilla', 'gls (t_c=400)'} and 0 <= cell['test']['p_value'] <= 1
+    for arm in cell['arms'].values():
+      assert arm['n'] == 40 and abs(sum(arm['fractions']) - 1) < 1e-9
+      assert all(lo <= f <= hi for lo, f, hi in zip(arm['ci_low'], arm['fractions'], arm['ci_high']))
+      assert arm['kl_to_reference'] >= 0 and arm['entropy_ci'][0] <= arm['entropy_ci'][1]
+  out = os.path.join(workdir, 'analysis')
+  for name in ('diversity.json', 'diversity.md', 'diversity.csv', 'diversity_ddim_n3.png', 'diversity_pndm_n3.png'):
+    assert os.path.exists(os.path.join(out, name)), name
+  assert json.load(open(os.path.join(out, 'diversity.json')))['cells'].keys() == cells.keys()

@@ -1,0 +1,147 @@
+"""The sampling plan (every grid x init pair), drawing samples, loading weights and --mode=sample."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import main
+import run_lib
+import sampling
+import sde_lib
+from errors import InputError
+from models import utils as mutils
+from samplers import grids
+
+SCHEDULE = sde_lib.DDPMSchedule()
+
+
+@pytest.fixture
+def gaussian_moments(tiny_config):
+  d = 64
+  a = torch.randn(d, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 8
+  return {'mean': np.zeros(d), 'cov': (a @ a.T + 0.1 * torch.eye(d, dtype=torch.float64)).numpy(), 'count': 100}
+
+
+@pytest.mark.parametrize('grid', grids.GRID_KINDS)
+@pytest.mark.parametrize('init', ['normal', 'gls'])
+@pytest.mark.parametrize('num_steps,t_start', [(3, 200), (5, 999), (10, 400), (4, 3)])
+def test_every_grid_and_init_starts_at_the_grids_first_time_or_is_refused(tiny_config, gaussian_moments, grid, init,
+                                                                           num_steps, t_start):
+  tiny_config.sampling.grid = grid
+  try:
+    expected = grids.make_grid(grid, num_steps, t_start, 1000)
+  except ValueError as err:  # an impossible grid (duplicate times) is an input error before any work
+    with pytest.raises(InputError, match=str(err)[:30].replace('(', '.').replace(')', '.')):
+      sampling.sampling_plan(tiny_config, SCHEDULE, 'ddim', num_steps, init, t_start, moments=gaussian_moments)
+    return
+  if init == 'gls' and expected[0] != t_start:
+    with pytest.raises(InputError, match=f'sampling.grid={grid}.*starts at t={expected[0]}.*t_start={t_start}'):
+      sampling.sampling_plan(tiny_config, SCHEDULE, 'ddim', num_steps, init, t_start, moments=gaussian_moments)
+    return
+  plan = sampling.sampling_plan(tiny_config, SCHEDULE, 'ddim', num_steps, init, t_start, moments=gaussian_moments)
+  assert plan.timesteps == expected and plan.initialiser.t_start == plan.timesteps[0] == plan.t_start
+  if init == 'gls':  # the state is drawn with the noised moments of the grid's first time
+    a = float(SCHEDULE.alpha_bar(plan.t_start))
+    want = a * torch.as_tensor(gaussian_moments['cov']) + (1 - a) * torch.eye(64, dtype=torch.float64)
+    torch.testing.assert_close(plan.initialiser.covariance(), want, rtol=1e-9, atol=1e-9)
+
+
+def test_the_reported_bug_is_refused_with_a_message_naming_the_grid(tiny_config):
+  tiny_config.sampling.method, tiny_config.sampling.num_steps = 'ddim', 3
+  tiny_config.sampling.init, tiny_config.sampling.t_start, tiny_config.sampling.grid = 'gls', 200, 'uniform'
+  with pytest.raises(InputError, match=r'sampling.grid=uniform with n=3 starts at t=134, not at sampling.t_start=200'):
+    sampling.sampling_plan(tiny_config, SCHEDULE)
+
+
+@pytest.mark.parametrize('method,variant,n,nfe', [('ddim', None, 5, 5), ('ddpm', None, 4, 4), ('pndm', 'f-pndm', 5, 14),
+                                                  ('pndm', 'plms', 5, 6), ('pndm', 's-pndm', 5, 6)])
+def test_plan_nfe_equals_the_network_calls_of_a_run(tiny_config, method, variant, n, nfe):
+  if variant:
+    tiny_config.sampling.pndm_variant = variant
+  plan = sampling.sampling_plan(tiny_config, SCHEDULE, method, n, 'normal', 999)
+  calls = []
+
+  def eps_fn(x, t):
+    calls.append(t)
+    return 0.1 * x
+
+  sampling.generate(eps_fn, SCHEDULE, plan, 3, 3, 0, 'cpu', lambda x: (x + 1) / 2, progress=False)
+  assert plan.nfe == nfe == len(calls)
+
+
+def test_samples_do_not_depend_on_the_batch_size(tiny_config):
+  plan = sampling.sampling_plan(tiny_config, SCHEDULE, 'ddpm', 5, 'normal', 999)
+  eps_fn = lambda x, t: 0.05 * x
+  a = sampling.generate(eps_fn, SCHEDULE, plan, 7, 7, 3, 'cpu', lambda x: (x + 1) / 2, progress=False)
+  b = sampling.generate(eps_fn, SCHEDULE, plan, 7, 2, 3, 'cpu', lambda x: (x + 1) / 2, progress=False)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_bad_grids_are_input_errors_before_any_work(tiny_config):
+  with pytest.raises(InputError, match='num_steps = 20 exceeds t_start \\+ 1 = 11'):
+    sampling.sampling_plan(tiny_config, SCHEDULE, 'ddim', 20, 'normal', 10)
+  with pytest.raises(InputError, match='unknown sampling.method'):
+    sampling.sampling_plan(tiny_config, SCHEDULE, 'euler', 5, 'normal', 999)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  from conftest import tiny_digits_config
+  tmp = tmp_path_factory.mktemp('trained')
+  config = tiny_digits_config(tmp)
+  config.training.snapshot_sampling = False
+  run_lib.train(config, str(tmp / 'run'))
+  return config, str(tmp / 'run')
+
+
+def test_sample_mode_writes_npz_and_grid(trained, tmp_path):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.sampling.method, config.sampling.num_steps = 'ddim', 3
+  config.sampling.init, config.sampling.t_start = 'gls', 500
+  config.sampling.stats_dir = str(tmp_path / 'stats')
+  path = sampling.sample(config, workdir, sample_out=str(tmp_path / 'a' / 'x.npz'))
+  x = np.load(path)['samples']
+  assert x.shape == (8, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+  assert int(np.load(path)['step']) == 20 and tuple(np.load(path)['timesteps']) == (500, 250, 0)
+  assert os.path.exists(path[:-4] + '.png')
+  assert glob.glob(os.path.join(config.sampling.stats_dir, 'digits_8_moments.npz'))  # cached on first use
+  out = sampling.sample(config, workdir, sample_out=str(tmp_path / 'mine.npz'))
+  np.testing.assert_array_equal(np.load(out)['samples'], x)  # seeded per sample: reproducible
+  assert sampling.sample(config, workdir).endswith('ddim_n3_late_start_gls_tc500_N8_seed42.npz')
+
+
+def test_sample_refuses_random_weights(trained, tmp_path):
+  """A checkpoint of the other U-Net variant: the error (with the variant hint) stops the run; no samples."""
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.model.variant = 'score_sde'
+  out = tmp_path / 'x.npz'
+  with pytest.raises(mutils.CheckpointError, match='model.variant=ssb'):
+    sampling.sample(config, workdir, sample_out=str(out))
+  assert not out.exists()
+
+
+def test_sample_bad_inputs_fail_before_sampling(tiny_config, tmp_path):
+  from configs.validation import ConfigError
+  tiny_config.sampling.num_steps = 0
+  with pytest.raises(ConfigError, match='config.sampling.num_steps'):
+    main.run_mode('sample', tiny_config, str(tmp_path))
+  tiny_config.sampling.num_steps = 5
+  with pytest.raises(FileNotFoundError, match='no checkpoint in'):
+    sampling.sample(tiny_config, str(tmp_path / 'empty'))
+  tiny_config.sampling.init = 'gls'
+  tiny_config.sampling.moments_file = str(tmp_path / 'nope.npz')
+  with pytest.raises(FileNotFoundError, match='nope.npz'):
+    sampling.sample(tiny_config, str(tmp_path / 'empty'))
+
+
+def test_sample_checks_its_output_folder_before_work(trained, tmp_path, monkeypatch):
+  config, workdir = trained
+  target = tmp_path / 'file'
+  target.write_text('not a folder')
+  monkeypatch.setattr(sampling, 'generate', lambda *a, **k: pytest.fail('sampled before checking the output'))
+  with pytest.raises(InputError, match='is a file'):
+    sampling.sample(config, workdir, sample_out=str(target / 'x.npz'))

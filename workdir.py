@@ -1,0 +1,194 @@
+"""The one place that knows where files live: the workdir layout (score_sde's), the shared statistics folder,
+checkpoint discovery by step, and the workdir lock.
+
+  WORKDIR/config.json                       the resolved config of the last run
+  WORKDIR/checkpoints/checkpoint_{k}.pth    snapshots every snapshot_freq steps (k = step // snapshot_freq)
+  WORKDIR/checkpoints-meta/checkpoint.pth   preemption checkpoint every snapshot_freq_for_preemption steps
+  WORKDIR/samples/                          training snapshot grids (step_{s}.png) and --mode=sample output
+  WORKDIR/tensorboard/                      loss, lr, grad norm, eval loss
+  WORKDIR/eval/                             the sweep: results.{json,md,csv}, plots, grids, samples/{cell}.npz
+  WORKDIR/analysis/                         the SSB and GEN analyses
+  WORKDIR/memorization/n{n}/                one training sub-run per training-set size (same layout)
+  STATS_DIR/{dataset}_{res}_stats.npz       FID reference statistics (sampling.stats_dir)
+  STATS_DIR/{dataset}_{res}_moments.npz     late-start data moments
+"""
+import errno
+import glob
+import logging
+import os
+import re
+
+import torch
+
+from errors import InputError
+
+
+
+def config_path(workdir):
+  return os.path.join(workdir, 'config.json')
+
+
+def checkpoint_dir(workdir):
+  return os.path.join(workdir, 'checkpoints')
+
+
+def meta_dir(workdir):
+  return os.path.join(workdir, 'checkpoints-meta')
+
+
+def checkpoint_path(workdir, index):
+  return os.path.join(checkpoint_dir(workdir), f'checkpoint_{index}.pth')
+
+
+def meta_checkpoint_path(workdir):
+  return os.path.join(meta_dir(workdir), 'checkpoint.pth')
+
+
+def samples_dir(workdir):
+  return os.path.join(workdir, 'samples')
+
+
+def snapshot_grid_path(workdir, step):
+  return os.path.join(samples_dir(workdir), f'step_{step}.png')
+
+
+def sample_path(config, workdir):
+  """Default --mode=sample output: the file name encodes every setting that changes the samples."""
+  s = config.sampling
+  return os.path.join(samples_dir(workdir), f'{s.method}_n{s.num_steps}_{s.grid}_{s.init}_tc{s.t_start}'
+                      f'_N{s.num_samples}_seed{config.seed}.npz')
+
+
+def tensorboard_dir(workdir):
+  return os.path.join(workdir, 'tensorboard')
+
+
+def eval_dir(workdir):
+  return os.path.join(workdir, 'eval')
+
+
+def analysis_dir(workdir):
+  return os.path.join(workdir, 'analysis')
+
+
+def memorization_dir(workdir, num_train, tag=''):
+  return os.path.join(workdir, 'memorization', f'n{num_train}{tag}')
+
+
+def fid_stats_path(config):
+  """FID reference statistics of the training split: {stats_dir}/{dataset}_{image_size}_stats.npz."""
+  d = config.data
+  return os.path.join(config.sampling.stats_dir, f'{d.dataset.lower()}_{d.image_size}_stats.npz')
+
+
+def moments_path(config):
+  """Late-start moments: sampling.moments_file, or {stats_dir}/{dataset}_{image_size}_moments.npz."""
+  d = config.data
+  return config.sampling.moments_file or os.path.join(config.sampling.stats_dir,
+                                                      f'{d.dataset.lower()}_{d.image_size}_moments.npz')
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _read_step(path):
+  """The step stored in a checkpoint (memory-mapped, so the weights are not read); None if unreadable."""
+  try:
+    ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    return int(ckpt['step'])
+  except Exception:  # any unreadable file: the caller reports it
+    return None
+
+
+def checkpoints(workdir):
+  """Checkpoint files of a workdir as [(step, path)], newest (highest step) first.
+
+  The order comes from the step stored inside each file, never from modification times. Unreadable files come
+  last with step None, so a caller can name them.
+  """
+  paths = glob.glob(os.path.join(checkpoint_dir(workdir), 'checkpoint_*.pth'))
+  paths = [p for p in paths if re.fullmatch(r'checkpoint_\d+\.pth', os.path.basename(p))]
+  if os.path.exists(meta_checkpoint_path(workdir)):
+    paths.append(meta_checkpoint_path(workdir))
+  found = [(_read_step(p), p) for p in paths]
+  return sorted(found, key=lambda sp: (sp[0] is not None, sp[0] or 0, sp[1] == meta_checkpoint_path(workdir)),
+                reverse=True)
+
+
+# ------------------------------------------------------------------------------------------ folders and lock
+def ensure_writable(folder, what='--workdir'):
+  """Creates ``folder`` and checks that a file can be written there, before any expensive work."""
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise InputError(f'{what} {folder} is a file, not a folder: pass a folder path')
+  try:
+    os.makedirs(folder, exist_ok=True)
+    probe = os.path.join(folder, f'.write_test_{os.getpid()}')
+    with open(probe, 'w'):
+      pass
+    os.remove(probe)
+  except OSError as err:
+    raise InputError(f'{what} {folder} is not writable ({err.strerror}): pass a folder you can write to') from err
+  return folder
+
+
+def _pid_alive(pid):
+  try:
+    os.kill(pid, 0)
+  except OSError as err:
+    return err.errno == errno.EPERM
+  return True
+
+
+class WorkdirLock:
+  """Exclusive lock on one kind of work (``name``: train, eval, ...) in a workdir; a second run of that kind is
+  refused with the holder's PID and command.
+
+  The lock is a file ``WORKDIR/.lock_{name}`` created with O_EXCL holding the owner's PID and command; a lock whose
+  process is gone (killed run) is stale and taken over. Use as a context manager; released on exit.
+  """
+
+  def __init__(self, workdir, name='train'):
+    self.path = os.path.join(workdir, f'.lock_{name}')
+    self.held = False
+
+  def acquire(self):
+    import sys
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        pid, cmd = self._owner()
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+          raise InputError(f'{os.path.dirname(self.path)} is in use by process {pid} ({cmd}); wait for it to '
+                           f'finish or use another --workdir (delete {self.path} only if that process is gone)')
+        logging.warning('removing stale workdir lock %s (process %s is gone)', self.path, pid)
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      with os.fdopen(fd, 'w') as f:
+        f.write(f'{os.getpid()}\n{" ".join(sys.argv)[:200]}\n')
+      self.held = True
+      return self
+    raise InputError(f'could not take the workdir lock {self.path}; another run may be starting there')
+
+  def _owner(self):
+    try:
+      with open(self.path) as f:
+        lines = f.read().splitlines()
+      return int(lines[0]), (lines[1] if len(lines) > 1 else '?')
+    except (OSError, ValueError, IndexError):
+      return None, '?'
+
+  def release(self):
+    if self.held:
+      self.held = False
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
