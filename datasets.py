@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+import dist_util
 from errors import InputError
 
 # name -> (native image sizes allowed, num_channels); MOLRG takes any size (docs/gen.md, "MoLRG").
@@ -477,10 +478,16 @@ def get_loader(config, split, batch_size, shuffle, augment, drop_last, generator
                     generator=generator, num_workers=num_workers)
 
 
-def model_batches(config, split='train', batch_size=500, progress=True, desc='data'):
-  """Model-space batches (B, C, H, W) of a whole split, in order, without flips (one pass)."""
+def model_batches(config, split='train', batch_size=500, progress=True, desc='data', shard=False):
+  """Model-space batches (B, C, H, W) of a whole split, in order, without flips (one pass).
+
+  shard: under torchrun only this rank's batches, batch i (rows i*B ... i*B + B - 1) going to rank
+  i mod world_size (``dist_util.shard`` of the batch list); the same batches as one process otherwise.
+  """
   from tqdm.auto import tqdm
-  loader = DataLoader(get_dataset(config, split), batch_size=batch_size, shuffle=False,
+  ds = get_dataset(config, split)
+  batches = [range(i, min(i + batch_size, len(ds))) for i in range(0, len(ds), batch_size)]
+  loader = DataLoader(ds, batch_sampler=dist_util.shard(batches) if shard else batches,
                       num_workers=config.training.num_workers)
   scaler = get_data_scaler(config)
   for x, _ in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):

@@ -3,13 +3,22 @@
 Launch:  torchrun --nproc_per_node=8 main.py --config=... --workdir=... --mode=train|eval|sample
 Without torchrun (WORLD_SIZE unset) every function here is a no-op and the code runs as one process.
 
-* Training: DistributedDataParallel; the global batch (config.training.batch_size) is split over ranks.
+* Training: DistributedDataParallel; the global batch (config.training.batch_size) is split over ranks, rank r
+  taking rows r, r + W, ... Its t, eps and flips are drawn for the whole global batch on every rank and sliced
+  the same way, so a run resumed with another number of processes continues the same schedule (dropout masks
+  are the exception: they are drawn per rank).
+* Statistics (fid_stats, late-start moments): each rank streams every W-th batch; the moment sums are reduced.
 * Sampling: sample i always uses the seed sample_seed(seed, i); rank r draws samples r, r + W, r + 2W, ...
   and the results are gathered back into index order, so the samples do not depend on the number of GPUs.
 * Only rank 0 writes files (checkpoints, npz, tables, TensorBoard).
+* Failures: the training loss is averaged over the ranks every step, so a NaN on one rank stops every rank in
+  the same step (run_lib); a rank that raises leaves the others blocked in a collective until torchrun's agent,
+  seeing one worker exit non-zero, stops them (measured: tests/test_dist_util.py).
 """
 import atexit
 import os
+import sys
+import time
 
 import numpy as np
 import torch
@@ -63,8 +72,51 @@ def barrier():
     dist.barrier()
 
 
+def mean_over_ranks(tensor):
+  """The mean of ``tensor`` over the ranks, on every rank (``tensor.detach()`` itself in one process).
+
+  For the training loss: each rank's loss is the mean over its equal share of the global batch, so the mean
+  over ranks is the loss of the whole global batch, and a NaN on one rank reaches every rank in the same step.
+  """
+  tensor = tensor.detach()
+  if not dist.is_initialized() or world_size() == 1:
+    return tensor
+  out = tensor.clone()
+  dist.all_reduce(out)
+  return out / world_size()
+
+
+def exit_all(line, wait_s=60.0):
+  """Prints ``line`` and ends the process with exit status 1 (one process: ``sys.exit(line)``).
+
+  Under torchrun this rank first waits, at most ``wait_s`` seconds, until every rank has called exit_all, so
+  that ranks that hit the same error (a checkpoint that does not load) each report it before torchrun's agent
+  stops the group. The wait goes through the rendezvous store, not a collective: a healthy rank may be blocked
+  in a collective this rank will never join, and a collective barrier would then wait out the process group's
+  30-minute timeout (dist.monitored_barrier does, on every rank but 0).
+  """
+  if not dist.is_initialized() or world_size() == 1:
+    sys.exit(line)
+  print(line, file=sys.stderr, flush=True)
+  try:
+    store = dist.distributed_c10d._get_default_store()
+    key = f'exit_all/{os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")}'
+    store.add(key, 1)
+    deadline = time.monotonic() + wait_s
+    while store.add(key, 0) < world_size() and time.monotonic() < deadline:
+      time.sleep(0.05)
+  except Exception:  # no store left (the agent is gone): exit anyway
+    pass
+  sys.exit(1)
+
+
 def shard(indices):
-  """This rank's share of a list of global indices (strided, so every rank gets a near-equal share)."""
+  """This rank's share of a list of global indices (strided, so every rank gets a near-equal share).
+
+  Joins the process group first (``init``): a share is always gathered or reduced afterwards, and a mode that
+  did not call init would otherwise keep only its own share.
+  """
+  init()
   return list(indices)[rank()::world_size()]
 
 

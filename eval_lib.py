@@ -26,25 +26,45 @@ import sampling
 import sde_lib
 import workdir as wd
 from experiments import tables
+from moments import RunningMoments
 
+
+
+KID_ROWS = 5000  # feature rows a statistics file keeps for KID: the first ones of the split (as feature_moments)
 
 
 def fid_stats(config, workdir=None):
   """--mode=fid_stats: Inception statistics of the whole training split (one pass, no flips), plus the
-  late-start moments when they are not there yet."""
-  device, d = dist_util.get_device(config), config.data
+  late-start moments when they are not there yet.
+
+  Under torchrun every rank runs it: rank r takes every W-th batch, the moment sums are reduced and the kept
+  feature rows gathered in data order, so the file equals the one-process file to float64 rounding.
+  """
+  dist_util.init()
+  device, d, bs = dist_util.get_device(config), config.data, config.eval.batch_size
   path = wd.fid_stats_path(config)
   wd.ensure_writable(os.path.dirname(os.path.abspath(path)), 'sampling.stats_dir')
   inception = evaluation.load_inception(config.eval.inception_path, device)
   inverse = datasets.get_data_inverse_scaler(config)
-  images = (inverse(x) for x in datasets.model_batches(config, batch_size=config.eval.batch_size, desc='fid_stats'))
-  mu, sigma, n, feats = evaluation.feature_moments(images, inception, device=device, progress=False)
-  evaluation.save_stats(path, mu, sigma, n, d.dataset, d.image_size, evaluation.NETWORK, feats=feats,
-                        weights_hash=evaluation.inception_weights_hash(config.eval.inception_path),
-                        fingerprint=datasets.data_fingerprint(config, 'train'))
-  logging.info('wrote FID statistics of %d training images to %s', n, path)
-  if not os.path.exists(wd.moments_path(config)):
+  starts = dist_util.shard(range(0, len(datasets.get_dataset(config, 'train')), bs))  # as model_batches shards
+  batches = datasets.model_batches(config, batch_size=bs, desc='fid_stats', progress=dist_util.is_main(), shard=True)
+  acc, kept, rows = RunningMoments(evaluation.FEATURE_DIM), [np.zeros((0, evaluation.FEATURE_DIM))], []
+  for start, x in zip(starts, batches):
+    feats = evaluation.inception_features(inverse(x), inception, device=device)
+    acc.update(feats)
+    keep = max(0, min(len(feats), KID_ROWS - start))
+    kept.append(feats[:keep])
+    rows.extend(range(start, start + keep))
+  acc.reduce()
+  feats = dist_util.gather_ordered(np.concatenate(kept), rows, min(KID_ROWS, acc.n))
+  if dist_util.is_main():
+    evaluation.save_stats(path, acc.mean(), acc.cov(), acc.n, d.dataset, d.image_size, evaluation.NETWORK,
+                          feats=feats, weights_hash=evaluation.inception_weights_hash(config.eval.inception_path),
+                          fingerprint=datasets.data_fingerprint(config, 'train'))
+    logging.info('wrote FID statistics of %d training images to %s', acc.n, path)
+  if not os.path.exists(wd.moments_path(config)):  # every rank decides alike: rank 0 writes after the reduce
     sampling.gauss_stats(config)
+  dist_util.barrier()
   return path
 
 
@@ -139,10 +159,8 @@ def evaluate(config, workdir):
   plots and grids. Returns {key: record}."""
   dist_util.init()
   cells = sweep_cells(config)
-  schedule = sde_lib.DDPMSchedule.from_config(config)
   for cell in cells:  # bad grids and starts fail before any sampling (gls is checked without fitting it)
-    sampling.sampling_plan(config, schedule, cell['method'], cell['num_steps'], 'normal', cell['t_start'],
-                           cell['grid'])
+    sampling.check_plan(config, cell['method'], cell['num_steps'], cell['init'], cell['t_start'], cell['grid'])
   outdir = wd.eval_dir(workdir)
   if dist_util.is_main():
     wd.ensure_writable(outdir, 'the eval output folder')
@@ -174,7 +192,6 @@ def evaluate(config, workdir):
 def main_job(config, workdir):
   """--mode=all, the main job: train, then fid_stats (if missing), then the eval sweep; prints the table."""
   run_lib.train(config, workdir)
-  if dist_util.is_main() and not os.path.exists(wd.fid_stats_path(config)):
+  if not os.path.exists(wd.fid_stats_path(config)):  # under torchrun every rank: the feature pass is sharded
     fid_stats(config, workdir)
-  dist_util.barrier()  # under torchrun the other ranks wait for rank 0's statistics
   return evaluate(config, workdir)

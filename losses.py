@@ -4,15 +4,19 @@ import torch
 import rng
 
 
-def ddpm_loss(model, schedule, x0, generator):
+def ddpm_loss(model, schedule, x0, generator, rows=None):
   """The eps-prediction loss mean((eps_theta(x_t, t) - eps)^2) over all elements (reduce_mean).
 
   x0: (B, C, H, W) data in model space ([-1, 1]); t ~ U{0..T-1}, eps ~ N(0, I), both drawn from
   ``generator`` (a CPU torch.Generator) so that a run is a function of its seed and step only.
+  rows: (rank, world) when x0 holds rows rank, rank + world, ... of a global batch of world * B rows (torchrun):
+  t and eps are drawn for the whole global batch and this rank's rows taken, so each row gets the numbers it
+  gets in one process. None: x0 is the whole batch.
   """
-  b = x0.shape[0]
-  t = torch.randint(0, schedule.T, (b,), generator=generator)
-  eps = rng.randn(x0.shape, generator, device=x0.device)
+  rank, world = rows or (0, 1)
+  b = x0.shape[0] * world
+  t = torch.randint(0, schedule.T, (b,), generator=generator)[rank::world]
+  eps = rng.randn((b, *x0.shape[1:]), generator)[rank::world].to(x0.device)
   x_t = schedule.q_sample(x0, t, eps)  # x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps
   eps_pred = model(x_t, t.to(x0.device, torch.float32))
   return torch.mean((eps_pred - eps) ** 2)

@@ -1,10 +1,12 @@
 """Streaming first and second moments (mean and full covariance) in float64.
 
 Shared by the FID statistics (2048-d Inception features) and the Gaussian late start
-(D = C*H*W pixels): one pass over the data, never holding all rows at once.
+(D = C*H*W pixels): one pass over the data, never holding all rows at once (under torchrun each rank passes
+over its share of the rows, then ``reduce()`` adds up the sums).
 """
 import numpy as np
 import torch
+import torch.distributed as dist
 
 
 class RunningMoments:
@@ -26,6 +28,16 @@ class RunningMoments:
     self.n += rows.shape[0]
     self.sum += rows.sum(0)
     self.outer.addmm_(rows.T, rows)
+
+  def reduce(self):
+    """Sums n, sum x and sum x x^T over the torchrun ranks in place, each rank having accumulated its own rows;
+    every rank then holds the moments of all rows (no-op in one process). Returns self."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+      n = torch.tensor([float(self.n)], dtype=torch.float64, device=self.sum.device)  # exact below 2^53 rows
+      for t in (n, self.sum, self.outer):
+        dist.all_reduce(t)
+      self.n = int(n.item())
+    return self
 
   def mean(self) -> np.ndarray:
     if self.n < 1:

@@ -2,6 +2,7 @@
 
 The workdir layout is owned by ``workdir.py``; sampling (the snapshot grids too) by ``sampling.py``.
 """
+import contextlib
 import logging
 import os
 
@@ -79,11 +80,13 @@ def _loader(config, dataset, batch_size, seed, start_step, shard=False):
                                           persistent_workers=workers > 0))
 
 
-def _flip(x, generator, enabled):
-  """Random horizontal flip of each image with probability 1/2 (docs/data.md), drawn from the step generator."""
+def _flip(x, generator, enabled, rows=(0, 1)):
+  """Random horizontal flip of each image with probability 1/2 (docs/data.md), drawn from the step generator
+  for the whole global batch; rows=(rank, world): x holds its rows rank, rank + world, ... (as ddpm_loss)."""
   if not enabled:
     return x
-  mask = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+  rank, world = rows
+  mask = (torch.rand(x.shape[0] * world, generator=generator) < 0.5)[rank::world].to(x.device)
   return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
@@ -91,32 +94,46 @@ def build_state(config, device):
   """Model, EMA and optimiser for ``config``, on ``device``; the initial weights depend only on config.seed."""
   torch.manual_seed(config.seed)
   model = mutils.create_model(config).to(device)
+  if config.model.channels_last:
+    model.to(memory_format=torch.channels_last)  # NHWC conv weights; EMA shadows and Adam moments copy the layout
   ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
   optimizer = losses.get_optimizer(config, model.parameters())
   return model, ema, optimizer
 
 
 def _rank_seed(config, stream):
-  """Seed of one random stream (0 noise, 1 dropout, 4 flips) of this process: each torchrun rank draws its own
-  numbers, and rank 0 is the single-process run."""
+  """Seed of a random stream of this process (1: dropout masks, drawn inside the model for this rank's rows
+  only): each torchrun rank draws its own numbers, and rank 0 is the single-process run. The per-row streams
+  (t and eps: seed + 0, flips: seed + 4) are the same on every rank and drawn for the global batch."""
   return config.seed + stream + 7919 * dist_util.rank()
 
 
 def _train_step(config, model, ema, optimizer, schedule, batch, step):
-  """One update; every random draw comes from a generator seeded by (seed, step), so runs resume exactly."""
-  gen = torch.Generator().manual_seed(rng.sample_seed(_rank_seed(config, 0), step))
+  """One update; every random draw comes from a generator seeded by (seed, step), so runs resume exactly.
+
+  ``model`` may be DDP-wrapped and/or torch.compile'd; its parameters are the plain module's. With
+  training.precision='bf16' the forward pass and the loss run under bfloat16 autocast (the loss is float32,
+  the backward pass and the update stay outside autocast, in fp32 weights). Under torchrun ``batch`` holds this
+  rank's rows of the global batch; the returned loss is the whole global batch's (the mean over ranks).
+  """
+  gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, step))  # t and eps of the global batch
   torch.manual_seed(rng.sample_seed(_rank_seed(config, 1), step))  # dropout masks
+  rows = {'rows': (dist_util.rank(), dist_util.world_size())} if dist_util.world_size() > 1 else {}  # 1: plain call
   model.train()
-  loss = losses.ddpm_loss(model, schedule, batch, gen)
-  if not torch.isfinite(loss):
+  if config.model.channels_last:
+    batch = batch.contiguous(memory_format=torch.channels_last)
+  with mutils.autocast(batch.device, config.training.precision):
+    loss = losses.ddpm_loss(model, schedule, batch, gen, **rows)
+  global_loss = dist_util.mean_over_ranks(loss)  # the global batch's loss: a NaN on one rank stops every rank
+  if not torch.isfinite(global_loss):
     raise FloatingPointError(
-        f'training loss is {loss.item()} at step {step}: stopping. The last good checkpoint is kept on disk and '
+        f'training loss is {global_loss.item()} at step {step}: stopping. The last good checkpoint is kept on disk and '
         'the run resumes from it; lower --config.optim.lr or check the data before resuming.')
   optimizer.zero_grad(set_to_none=True)
   loss.backward()
   grad_norm, lr = losses.optimization_step(config, optimizer, model.parameters(), step)
   ema.update(model.parameters())
-  return loss.item(), grad_norm, lr
+  return global_loss.item(), grad_norm, lr
 
 
 def _eval_loss(config, model, ema, schedule, eval_batches, step, device):
@@ -167,7 +184,43 @@ def _start(config, workdir, device):
   schedule = sde_lib.DDPMSchedule.from_config(config)
   model, ema, optimizer = build_state(config, device)
   step = restore_for_training(config, workdir, model, ema, optimizer, device)
+  _match_layout(model, ema, optimizer)
   return schedule, model, ema, optimizer, step
+
+
+def _match_layout(model, ema, optimizer):
+  """Gives each EMA shadow and Adam moment its parameter's memory format (a checkpoint written with another
+  model.channels_last keeps its strides when loaded); values are unchanged, fused updates stay on the fast path."""
+  params = [p for p in model.parameters() if p.requires_grad]
+  ema.shadow_params = [s if s.stride() == p.stride() else torch.empty_like(p).copy_(s)
+                       for s, p in zip(ema.shadow_params, params)]
+  for p in params:
+    state = optimizer.state.get(p, {})
+    for key, value in state.items():
+      if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+        state[key] = torch.empty_like(p).copy_(value)
+
+
+@contextlib.contextmanager
+def _tf32(enabled):
+  """training.tf32 on CUDA: TF32 matmuls and cuDNN convolutions for the training loop only; the previous flags
+  come back afterwards, so FID features (evaluation.py turns TF32 off) and sampling never see it. False leaves
+  PyTorch's settings as they are."""
+  saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+  if enabled and torch.cuda.is_available():
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+  try:
+    yield
+  finally:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _step_model(model, compile_model):
+  """The module the training step calls: ``model`` (DDP-wrapped under torchrun) or torch.compile of it (DDP
+  first, then compile, as PyTorch's DDP + compile notes advise). Checkpoints always save the plain module.
+  dynamic=False: a new shape or memory format recompiles for it (inductor failed on channels_last inputs with
+  symbolic sizes in torch 2.14), and training has one shape."""
+  return torch.compile(model, dynamic=False) if compile_model else model
 
 
 def train(config, workdir):
@@ -175,6 +228,11 @@ def train(config, workdir):
 
   Returns (model, ema). Only rank 0 writes; every rank resumes from the same checkpoint.
   """
+  with _tf32(config.training.tf32):
+    return _train(config, workdir)
+
+
+def _train(config, workdir):
   dist_util.init()
   device, main = dist_util.get_device(config), dist_util.is_main()
   schedule, model, ema, optimizer, step = _start(config, workdir, device)
@@ -185,15 +243,16 @@ def train(config, workdir):
   scaler = datasets.get_data_scaler(config)
   eval_ds = datasets.get_dataset(config, 'eval')
   batches = _loader(config, datasets.get_dataset(config, 'train'), tc.batch_size, config.seed, step, shard=True)
-  ddp_model = dist_util.wrap_model(model)
+  ddp_model = _step_model(dist_util.wrap_model(model), tc.compile)
   eval_batches = _loader(config, eval_ds, min(tc.batch_size, len(eval_ds)), config.seed + 3, 0)
   from torch.utils.tensorboard import SummaryWriter
   writer = SummaryWriter(wd.tensorboard_dir(workdir)) if main else None
   pbar = tqdm(total=n_iters, initial=step, desc='train', dynamic_ncols=True, disable=not main)
   try:
     while step < n_iters:
-      flip_gen = torch.Generator().manual_seed(rng.sample_seed(_rank_seed(config, 4), step))
-      x = scaler(_flip(next(batches)[0], flip_gen, config.data.random_flip)).to(device)
+      flip_gen = torch.Generator().manual_seed(rng.sample_seed(config.seed + 4, step))
+      rows = dist_util.rank(), dist_util.world_size()
+      x = scaler(_flip(next(batches)[0], flip_gen, config.data.random_flip, rows)).to(device)
       loss, grad_norm, lr = _train_step(config, ddp_model, ema, optimizer, schedule, x, step)
       step += 1
       pbar.update(1)
@@ -207,9 +266,10 @@ def train(config, workdir):
       if snapshot or step % tc.snapshot_freq_for_preemption == 0:
         _check_finite(model, ema, step)
         _save(workdir, config, model, ema, optimizer, step, meta_only=not snapshot)
-      if main and snapshot and tc.snapshot_sampling:
+      if snapshot and tc.snapshot_sampling:  # every rank: generate() shares the samples out and gathers them
         path = snapshot_grid(config, workdir, model, ema, schedule, step, device)
-        writer.add_image('samples', _read_png(path), step, dataformats='HWC')
+        if main:
+          writer.add_image('samples', _read_png(path), step, dataformats='HWC')
   finally:
     pbar.close()
     if writer is not None:
@@ -223,7 +283,10 @@ def _read_png(path):
 
 
 def snapshot_grid(config, workdir, model, ema, schedule, step, device):
-  """EMA sample grid of a training snapshot: the configured snapshot sampler from N(0, I), DDIM's uniform grid."""
+  """EMA sample grid of a training snapshot: the configured snapshot sampler from N(0, I), DDIM's uniform grid.
+
+  Under torchrun every rank calls it (the samples are shared over the ranks); rank 0 writes the PNG, the other
+  ranks return None."""
   tc, T = config.training, config.model.num_scales
   plan = sampling.sampling_plan(config, schedule, method=tc.snapshot_sampler,
                                 num_steps=min(tc.snapshot_num_steps, T), init='normal', t_start=T - 1,
@@ -231,4 +294,4 @@ def snapshot_grid(config, workdir, model, ema, schedule, step, device):
   images = sampling.generate(mutils.ema_eps_fn(model, ema), schedule, plan, tc.snapshot_num_samples,
                              tc.snapshot_num_samples, SNAPSHOT_SEED, device, datasets.get_data_inverse_scaler(config),
                              progress=False)
-  return sampling.save_grid(images, wd.snapshot_grid_path(workdir, step))
+  return sampling.save_grid(images, wd.snapshot_grid_path(workdir, step)) if dist_util.is_main() else None

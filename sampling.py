@@ -27,6 +27,7 @@ import rng
 import workdir as wd
 from errors import InputError
 from models import utils as mutils
+from moments import RunningMoments
 from models.ema import ExponentialMovingAverage
 from samplers import get_sampler, grids, initialisers, nfe as count_nfe
 
@@ -63,6 +64,14 @@ def sampling_plan(config, schedule, method=None, num_steps=None, init=None, t_st
   that one eigendecomposition serves every t_c (exact gls fit only).
   Raises InputError before any work for an impossible grid or a gls start that is not the grid's first time.
   """
+  init = init or config.sampling.init
+  plan = check_plan(config, method, num_steps, init, t_start, grid, timesteps)
+  return plan._replace(initialiser=build_initialiser(config, schedule, plan.t_start, init, moments, cache))
+
+
+def check_plan(config, method=None, num_steps=None, init=None, t_start=None, grid=None, timesteps=None):
+  """Everything of ``sampling_plan`` except fitting the initialiser (which can be costly): the grid, the
+  start-time rule, the sampler and its NFE. Returns a SamplingPlan whose initialiser is None."""
   s = config.sampling
   method, init = method or s.method, init or s.init
   t_start = s.t_start if t_start is None else int(t_start)
@@ -85,8 +94,10 @@ def sampling_plan(config, schedule, method=None, num_steps=None, init=None, t_st
     raise
   except ValueError as err:  # grid and sampler checks name the config field
     raise InputError(str(err)) from err
-  initialiser = build_initialiser(config, schedule, timesteps[0], init, moments, cache)
-  return SamplingPlan(method, timesteps, initialiser, sampler, options, count)
+  if init == 'gls' and s.gls_fit == 'exact' and s.moments_file and not os.path.exists(s.moments_file):
+    raise FileNotFoundError(f'late-start moments file {s.moments_file} (sampling.moments_file) not found; write it '
+                            'with --mode=gauss_stats or point sampling.moments_file at an existing file')
+  return SamplingPlan(method, timesteps, None, sampler, options, count)
 
 
 def build_initialiser(config, schedule, t_start, init=None, moments=None, cache=None):
@@ -131,10 +142,19 @@ def late_start_moments(config):
 
 
 def write_moments(config):
-  """Computes the late-start moments of the training split and writes them to ``workdir.moments_path``."""
+  """Computes the late-start moments of the training split and writes them to ``workdir.moments_path``.
+
+  Under torchrun every rank calls it: each streams its share of the batches, the sums are reduced (the result
+  equals one process's to float64 rounding) and rank 0 writes the file. Returns dict(mean, cov, count).
+  """
   d = config.data
-  moments = initialisers.compute_data_moments(datasets.model_batches(config, desc='late-start moments'))
-  initialisers.save_moments(wd.moments_path(config), moments, d.dataset, d.image_size, d.num_channels)
+  acc = RunningMoments(d.num_channels * d.image_size ** 2)
+  for x in datasets.model_batches(config, desc='late-start moments', progress=dist_util.is_main(), shard=True):
+    acc.update(x)
+  moments = {'mean': acc.reduce().mean(), 'cov': acc.cov(), 'count': acc.n}
+  if dist_util.is_main():
+    initialisers.save_moments(wd.moments_path(config), moments, d.dataset, d.image_size, d.num_channels)
+  dist_util.barrier()  # the file is there for every rank afterwards
   return moments
 
 
@@ -224,9 +244,13 @@ def load_ema_module(config, workdir, device):
 
 
 def load_eps_fn(config, workdir, device):
-  """eps function (x, t) -> eps of the EMA weights of the chosen checkpoint; returns (eps_fn, step)."""
+  """eps function (x, t) -> eps of the EMA weights of the chosen checkpoint; returns (eps_fn, step).
+
+  The fast paths of config.eval (precision, compile) and config.model.channels_last apply; outputs are float32.
+  """
   model, step = load_ema_module(config, workdir, device)
-  return mutils.ema_eps_fn(model), step
+  return mutils.ema_eps_fn(model, precision=config.eval.precision, channels_last=config.model.channels_last,
+                           compile=config.eval.compile), step
 
 
 # ------------------------------------------------------------------------------------------ modes
@@ -238,8 +262,9 @@ def sample(config, workdir, sample_out=None):
     wd.ensure_writable(os.path.dirname(os.path.abspath(path)), 'the sample output folder')
   from sde_lib import DDPMSchedule
   schedule = DDPMSchedule.from_config(config)
-  plan = sampling_plan(config, schedule)  # a bad grid or start fails here, before any work
+  check_plan(config)  # a bad grid or start fails here, before any work
   eps_fn, step = load_eps_fn(config, workdir, device)
+  plan = sampling_plan(config, schedule)
   images = generate(eps_fn, schedule, plan, s.num_samples, s.batch_size, config.seed, device,
                     datasets.get_data_inverse_scaler(config))
   if not dist_util.is_main():

@@ -132,35 +132,3 @@ def class_composition(classifier, samples, num_classes: int, batch_size: int = 2
   return dict(counts=counts.tolist(), fractions=fractions.tolist(), entropy=entropy,
               normalised_entropy=entropy / float(np.log(num_classes)),
               mean_confidence=float(probs.max(1).values.mean()), n=int(counts.sum()))
-
-
-def plot_composition(results: dict, path: str, class_names=None, title: str = 'class composition'):
-  """Grouped bar chart of fractions per class, one bar group per class and one colour per result
-  (e.g. {'vanilla': comp, 'gls': comp}); legend shows each entropy. Writes a PNG to path."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  if not results:
-    raise ValueError('plot_composition needs at least one result')
-  sizes = {len(r['fractions']) for r in results.values()}
-  if len(sizes) != 1:
-    raise ValueError(f'all results must have the same number of classes, got {sorted(sizes)}')
-  k = sizes.pop()
-  names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
-  if len(names) != k:
-    raise ValueError(f'{len(names)} class_names for {k} classes')
-  width = 0.8 / len(results)
-  fig, ax = plt.subplots(figsize=(max(5, 0.6 * k * len(results) + 2), 3.5))
-  for j, (label, r) in enumerate(results.items()):
-    ax.bar(np.arange(k) + (j - (len(results) - 1) / 2) * width, r['fractions'], width,
-           label=f'{label} (H={r["entropy"]:.3f} nats)')
-  ax.set_xticks(np.arange(k), names)
-  ax.axhline(1 / k, color='gray', lw=0.8, ls='--')  # uniform composition
-  ax.set_ylabel('fraction of samples')
-  ax.set_title(title)
-  ax.legend()
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path

@@ -170,38 +170,3 @@ def stuart_maxwell_test(labels_a, labels_b, num_classes):
     return dict(statistic=0.0, dof=0, p_value=1.0, n=int(la.size))
   statistic = float(d @ np.linalg.pinv(cov, hermitian=True) @ d)
   return dict(statistic=statistic, dof=dof, p_value=float(stats.chi2.sf(statistic, dof)), n=int(la.size))
-
-
-def plot_compositions(stats_by_arm, path, class_names=None, title='class composition'):
-  """Grouped bar chart of class fractions, one colour per arm, with Wilson error bars.
-
-  stats_by_arm: {arm name: composition_stats(...) dict} (insertion order = bar order). The first dict with a
-  'reference_fractions' list is drawn as a black step line. Writes the figure to path; returns path.
-  """
-  import io_util
-  plt = io_util.pyplot()
-  arms = list(stats_by_arm.items())
-  if not arms:
-    raise ValueError('stats_by_arm is empty')
-  k = len(arms[0][1]['fractions'])
-  if any(len(s['fractions']) != k for _, s in arms):
-    raise ValueError('every arm needs the same number of classes')
-  names = [str(c) for c in (class_names if class_names is not None else range(k))]
-  if len(names) != k:
-    raise ValueError(f'{len(names)} class_names for {k} classes')
-  x, width = np.arange(k), 0.8 / len(arms)
-  fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * k * max(1, len(arms) / 2)), 3.8))
-  for i, (arm, s) in enumerate(arms):
-    f = np.asarray(s['fractions'])
-    yerr = np.clip([f - np.asarray(s['ci_low']), np.asarray(s['ci_high']) - f], 0, None)
-    label = f"{arm} (N={s['n']}, H={s['entropy']:.3f})"
-    ax.bar(x + (i - (len(arms) - 1) / 2) * width, f, width, yerr=yerr, capsize=2, label=label)
-  ref = next((s['reference_fractions'] for _, s in arms if s.get('reference_fractions') is not None), None)
-  if ref is not None:
-    ax.stairs(np.asarray(ref, dtype=np.float64), np.arange(k + 1) - 0.5, baseline=None, color='k', lw=1.2,
-              label='reference')
-  level = arms[0][1].get('level', 0.95)
-  ax.set(xticks=x, xticklabels=names, xlabel='predicted class', ylabel=f'fraction ({level:.0%} Wilson CI)',
-         title=title, xlim=(-0.6, k - 0.4))
-  ax.legend(fontsize=7)
-  return io_util.save_figure(fig, path)

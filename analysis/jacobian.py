@@ -7,9 +7,6 @@ Jacobians use torch.func.jacrev: one vmapped backward over all D output basis ve
 chunked), not D separate backward passes. Works for modules with GroupNorm and attention, since each
 sample is pushed through the model as its own batch of one.
 """
-import csv
-import os
-
 import numpy as np
 import torch
 from torch import func
@@ -95,34 +92,3 @@ def rank_curve(x0_fn, states, ts, schedule=None, energy=0.99, atol=1e-8, chunk_s
 
 
 CSV_HEADER = ['t', 'alpha_bar', 'noise_level', 'rank', 'rank_over_D', 'rank_std']
-
-
-def plot_rank_curves(curves, png_path, title='Jacobian rank of the denoiser'):
-  """curves: {label: rows from rank_curve}; writes rank/D against noise level (log-x) to png_path."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for label, rows in curves.items():
-    rows = sorted(rows, key=lambda r: r['noise_level'])
-    ax.plot([r['noise_level'] for r in rows], [r['rank_over_D'] for r in rows], marker='o', ms=3, label=label)
-  ax.set_xscale('log')
-  ax.set_xlabel(r'noise level $\sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}$')
-  ax.set_ylabel('rank / D (99% Frobenius energy)')
-  ax.set_ylim(-0.02, 1.02)
-  ax.set_title(title)
-  ax.legend()
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
-  fig.savefig(png_path, dpi=120)
-  plt.close(fig)
-
-
-def save_rank_curve(rows, csv_path, png_path, label):
-  """Write one rank curve as CSV (CSV_HEADER columns) and as a PNG plot."""
-  os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-  with open(csv_path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_HEADER, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
-  plot_rank_curves({label: rows}, png_path)

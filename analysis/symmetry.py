@@ -226,7 +226,7 @@ def _weighted_cov(data, w, chunk=4096):
   return cov
 
 
-def _top_cov_eig(data, w, max_dense=512):
+def top_cov_eigenvalue(data, w, max_dense=512):
   """Largest eigenvalue of Cov_w[y]; dense for D <= max_dense, else Lanczos on the implicit operator."""
   n, dim = data.shape
   if dim <= max_dense:
@@ -255,7 +255,7 @@ def drift_jacobian_at_mean(data, theta, beta=1.0):
 def _stability(data, theta):
   """Largest eigenvalue of (drift Jacobian at theta * mean) / beta for one theta."""
   v = 1.0 - theta ** 2
-  lam = _top_cov_eig(data, _central_weights(data, theta))
+  lam = top_cov_eigenvalue(data, _central_weights(data, theta))
   return 0.5 - 1.0 / v + theta ** 2 * lam / v ** 2
 
 

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
-import samplers  # noqa: E402
-from samplers import grids  # noqa: E402
+import sampling  # noqa: E402
+from configs.ddpm import cifar10  # noqa: E402
 from samplers.initialisers import GaussianLateStart  # noqa: E402
 from sde_lib import DDPMSchedule  # noqa: E402
 
@@ -60,8 +60,8 @@ class Timed:
 
 
 def bench_overhead(eps_fn, schedule, batch=4, num_steps=10, repeats=3):
+  config = cifar10.get_config()
   x_init = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-  seq = grids.late_start_grid(999, num_steps)
   fwd = []
   for _ in range(5):
     t0 = time.perf_counter()
@@ -69,11 +69,12 @@ def bench_overhead(eps_fn, schedule, batch=4, num_steps=10, repeats=3):
     fwd.append(time.perf_counter() - t0)
   t_fwd = float(np.median(fwd))
   for name in ['ddim', 'pndm']:
+    plan = sampling.sampling_plan(config, schedule, name, num_steps, 'normal', 999, 'late_start')
     rows = []
     for _ in range(repeats):
       timed = Timed(eps_fn)
       t0 = time.perf_counter()
-      samplers.get_sampler(name)(timed, schedule, x_init, seq)
+      plan.sampler(timed, schedule, x_init, plan.timesteps, **plan.options)
       total = time.perf_counter() - t0
       rows.append((total, timed.seconds, timed.calls))
     total, inside, calls = min(rows)

@@ -24,6 +24,10 @@ def get_default_configs():
   training.snapshot_num_steps = 100
   training.num_workers = 2
   training.restart_unreadable = False  # True: start over although the workdir's checkpoints do not load
+  # Fast paths (BENCHMARKS.md, "U-Net fast paths"); off = the exact fp32 eager step that resumes to the bit.
+  training.precision = 'fp32'  # fp32 | bf16 (autocast of forward + loss on CUDA or CPU; weights stay fp32)
+  training.compile = False  # torch.compile the U-Net for the training step
+  training.tf32 = False  # CUDA only: TF32 matmuls/convolutions while training (never for FID)
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'
@@ -53,6 +57,7 @@ def get_default_configs():
   model.num_scales = 1000  # T
   model.beta_min = 0.1
   model.beta_max = 20.0
+  model.channels_last = False  # NHWC memory format for training and sampling (same numbers, layout only)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = 'Adam'
@@ -91,6 +96,8 @@ def get_default_configs():
   evaluate.inception_path = ''  # optional pt_inception-2015-12-05-6726825d.pth
   evaluate.fid_backend = 'auto'  # auto: onnxruntime on CPU if installed, else torch | torch | onnxruntime | openvino
   evaluate.kid_subset_size = 1000
+  evaluate.precision = 'fp32'  # U-Net in the samplers: fp32 | bf16 autocast (outputs float32); never the FID net
+  evaluate.compile = False  # torch.compile the sampling U-Net
 
   config.analysis = analysis = ml_collections.ConfigDict()
   # --mode=potentials: the potential along cos(a) x1 + sin(a) x2 between two sampling trajectories
@@ -105,6 +112,14 @@ def get_default_configs():
   analysis.mem_n_iters = 2000
   analysis.mem_num_samples = 200
   analysis.mem_num_steps = 50  # DDIM steps for the model and the optimal denoiser (same seeds)
+  # Reproducibility between two independently trained models (memorization: per n; rp_table: full data).
+  # Model A = model.nf and config.seed; model B differs in width AND training seed.
+  analysis.rp_model_b_nf = 64
+  analysis.rp_model_b_seed = -1  # -1 = config.seed + 1
+  # --mode=rp_table: RP between full-data models / samplers, all from the same noise (mem_num_samples samples,
+  # mem_num_steps DDIM or F-PNDM steps); width = rp_model_b_nf, seed = rp_model_b_seed, variant = the other U-Net
+  analysis.rp_table_pairs = ('width', 'seed', 'variant', 'sampler')
+  analysis.rp_table_n_iters = 0  # training steps of each full-data model; 0 = mem_n_iters
   analysis.feature_net = 'pixels'  # pixels | inception | path to an SSCD TorchScript file
   analysis.threshold = -1.0  # similarity threshold; -1 = the calibrated default of the feature net
   # SSCD only: False = the raw dot product of SSCD outputs, as the GEN reference (the released SSCD

@@ -1,5 +1,6 @@
 """Checks a resolved config before any work starts; every error names the offending field."""
 from errors import InputError
+from models.utils import PRECISIONS  # training.precision / eval.precision (models.utils.autocast)
 
 DATASETS = ('MNIST', 'CIFAR10', 'CELEBA', 'IMAGENET64', 'DIGITS', 'MNIST5K', 'MOLRG')
 MODELS = ('ddpm',)
@@ -60,6 +61,27 @@ def validate_config(config):
            'need 0 < beta_min < beta_max')
   _require(config.optim.warmup >= 0, 'optim.warmup', config.optim.warmup, 'must be >= 0')
   _validate_sampling(config)
+  _validate_analysis(config)
+  _validate_fast_paths(config)
+
+
+def _validate_fast_paths(config):
+  """precision in PRECISIONS; compile, tf32 and channels_last are booleans (a string 'False' would be truthy)."""
+  for field in ('training.precision', 'eval.precision'):
+    _choice(config, field, PRECISIONS)
+  for field in ('training.compile', 'training.tf32', 'eval.compile', 'model.channels_last'):
+    section, name = field.split('.')
+    value = config[section][name]
+    _require(isinstance(value, bool), field, value, 'must be True or False')
+
+
+def _validate_analysis(config):
+  a = config.analysis
+  _require(a.rp_model_b_nf >= 32 and a.rp_model_b_nf % 32 == 0, 'analysis.rp_model_b_nf', a.rp_model_b_nf,
+           'must be a positive multiple of 32 (GroupNorm uses 32 groups)')
+  _require(a.diversity_num_samples >= 2, 'analysis.diversity_num_samples', a.diversity_num_samples, 'must be >= 2')
+  for m in a.diversity_methods:
+    _require(m in METHODS, 'analysis.diversity_methods', tuple(a.diversity_methods), f'{m!r} is not one of {METHODS}')
 
 
 def _validate_sampling(config):

@@ -1,19 +1,20 @@
-"""The GEN-paper experiments on trained models (docs/gen.md): --mode=memorization, --mode=mem_score and
---mode=jacobian_rank.
+"""The GEN-paper experiments on trained models (docs/gen.md): --mode=memorization, --mode=rp_table,
+--mode=mem_score and --mode=jacobian_rank.
 
 Outputs go to <workdir>/analysis/.
-* memorization: trains the configured model on the first n training images for n in ``analysis.mem_sizes``
-  (one sub-run per n under <workdir>/memorization/n{n}, each resumable), then draws samples from the SAME
-  per-sample seeds with the model and with the exact optimal denoiser of its n training images, and reports
-  the generalization score, the kNN-ratio memorization and the reproducibility (RP) score model-vs-optimal.
+* memorization: for n in ``analysis.mem_sizes`` trains two models on the first n training images, A (model.nf,
+  config.seed) under <workdir>/memorization/n{n} and B (analysis.rp_model_b_nf, analysis.rp_model_b_seed) under
+  memorization/n{n}_b, each resumable; samples both and the exact optimal denoiser of the n images with DDIM
+  from the SAME per-sample seeds; reports RP(A, B), RP(each, optimal), the generalization score and the kNN-ratio
+  memorization of each (Zhang et al., ICML 2024, Figure 2). A finished n is cached (analysis/memorization_n{n}.json).
+* rp_table: RP between full-data models of different width, seed and U-Net variant, and between DDIM and F-PNDM
+  (the paper's Figure 6); experiments/reproducibility.py.
 * jacobian_rank: the effective rank of the x0-prediction's Jacobian along DDIM trajectories, for the trained
   model and for the exact denoiser (the MoLRG closed form, or the optimal empirical denoiser otherwise).
 """
-import copy
 import json
 import logging
 import os
-import time
 
 import numpy as np
 import torch
@@ -21,7 +22,6 @@ import torch
 import datasets
 import dist_util
 import io_util
-import run_lib
 import sampling
 import sde_lib
 import workdir as wd
@@ -29,86 +29,32 @@ from analysis import denoiser as denoiser_lib
 from analysis import jacobian as jacobian_lib
 from analysis import memorization as mem_lib
 from errors import InputError
-
-
-def _sub_config(config, num_train):
-  """The config of the n-image sub-run: the same model, trained on the first n images."""
-  cfg = copy.deepcopy(config)
-  a = config.analysis
-  cfg.data.num_train = int(num_train)
-  cfg.training.batch_size = min(config.training.batch_size, int(num_train))
-  cfg.training.n_iters = int(a.mem_n_iters)
-  cfg.training.snapshot_freq = int(a.mem_n_iters)
-  cfg.training.snapshot_freq_for_preemption = max(1, int(a.mem_n_iters) // 4)
-  cfg.training.eval_freq = max(1, int(a.mem_n_iters) // 4)
-  return cfg
-
-
-def _ddim_samples(eps_fn, config, schedule, device, num_samples, num_steps):
-  """DDIM (eta 0) samples in [0, 1] from the fixed per-sample seeds 0..num_samples-1 of config.seed."""
-  plan = sampling.sampling_plan(config, schedule, 'ddim', num_steps, 'normal', schedule.T - 1, 'uniform')
-  plan = plan._replace(options={'eta': 0.0})  # deterministic DDIM whatever sampling.eta says
-  return sampling.generate(eps_fn, schedule, plan, num_samples, config.sampling.batch_size, config.seed, device,
-                           datasets.get_data_inverse_scaler(config), progress=False)
-
-
-def _scores(model_imgs, optimal_imgs, train_imgs, feature_net, threshold):
-  """Generalization / memorization scores of both sample sets and RP(model, optimal); images (N,C,H,W) in [0,1]."""
-  train_feats = feature_net(train_imgs)
-  model_feats, optimal_feats = feature_net(model_imgs), feature_net(optimal_imgs)
-  mem_model = mem_lib.memorization_score(model_feats, train_feats, threshold)
-  mem_optimal = mem_lib.memorization_score(optimal_feats, train_feats, threshold)
-  knn = mem_lib.knn_ratio_memorization(model_imgs, train_imgs)
-  return {
-      'gen_score': float(mem_model['gen']),
-      'mem_score': float(mem_model['mem']),
-      'knn_mem': float(knn['mem']),
-      'optimal_mem_score': float(mem_optimal['mem']),
-      'rp_model_vs_optimal': float(mem_lib.reproducibility_score(model_feats, optimal_feats, threshold)),
-      'nn_index': mem_model['nn_index'],
-  }
-
-
-def _memorization_cell(config, workdir, num_train, feature_net, threshold, device):
-  """Train (or resume) the n-image run, sample model and optimal denoiser from the same seeds, score them."""
-  a = config.analysis
-  cfg = _sub_config(config, num_train)
-  subdir = wd.memorization_dir(workdir, num_train)
-  start = time.time()
-  run_lib.train(cfg, subdir)
-  train_seconds = time.time() - start
-  schedule = sde_lib.DDPMSchedule.from_config(cfg)
-  train_imgs, _ = datasets.load_arrays(cfg, 'train')
-  eps_fn, _ = sampling.load_eps_fn(cfg, subdir, device)
-  optimal = denoiser_lib.OptimalDenoiser(datasets.get_data_scaler(cfg)(train_imgs), schedule, device=device)
-  model_imgs = _ddim_samples(eps_fn, cfg, schedule, device, a.mem_num_samples, a.mem_num_steps)
-  optimal_imgs = _ddim_samples(optimal, cfg, schedule, device, a.mem_num_samples, a.mem_num_steps)
-  scores = _scores(torch.from_numpy(model_imgs), torch.from_numpy(optimal_imgs), train_imgs, feature_net,
-                   threshold)
-  nn_imgs = train_imgs[torch.as_tensor(scores.pop('nn_index'))[:16]].numpy()
-  sampling.save_grid(np.concatenate([model_imgs[:16], optimal_imgs[:16], nn_imgs]),
-                    os.path.join(workdir, 'analysis', f'memorization_n{num_train}.png'), nrow=16)
-  return dict(num_train=int(num_train), seconds=round(time.time() - start, 1),
-              train_seconds=round(train_seconds, 1), **scores)
+from experiments import plots
+from experiments import reproducibility as rp_lib
 
 
 def memorization(config, workdir):
-  """Memorization -> generalization against training-set size n; writes memorization.{md,csv,png,json}."""
+  """Memorization -> generalization against training-set size n, with RP between two independently trained
+  models (Zhang et al., ICML 2024, Figure 2); writes memorization.{md,csv,png,json}. Returns the rows."""
   outdir = wd.ensure_writable(wd.analysis_dir(workdir), 'the analysis output folder')
   device = dist_util.get_device(config)
   a = config.analysis
   feature_net = mem_lib.load_feature_net(a.feature_net, device=device, sscd_normalize=a.sscd_normalize)
-  threshold = a.threshold if a.threshold >= 0 else mem_lib.default_threshold(a.feature_net)
+  threshold = rp_lib.threshold_of(config)
   rows = []
   for n in a.mem_sizes:
     logging.info('memorization: n = %d', n)
-    rows.append(_memorization_cell(config, workdir, n, feature_net, threshold, device))
+    rows.append(rp_lib.memorization_cell(config, workdir, n, feature_net, threshold, device))
     logging.info('n=%d: %s', n, rows[-1])
   header = ['num_train', 'gen_score', 'mem_score', 'knn_mem', 'rp_model_vs_optimal', 'optimal_mem_score',
-            'train_seconds', 'seconds']
+            'train_seconds', 'seconds', 'rp_a_vs_b', 'gen_score_b', 'mem_score_b', 'knn_mem_b',
+            'rp_model_b_vs_optimal', 'train_seconds_b']
   io_util.write_csv(os.path.join(outdir, 'memorization.csv'), header, [[r[h] for h in header] for r in rows])
-  table = (f'Feature net: {a.feature_net}, cosine threshold {threshold:.3f}; {a.mem_num_samples} DDIM samples '
-           f'({a.mem_num_steps} steps) per n from fixed seeds; {a.mem_n_iters} training steps per n.\n\n'
+  table = (f'Model A: nf {config.model.nf}, training seed {config.seed}; model B: nf {a.rp_model_b_nf}, training '
+           f'seed {rp_lib.model_b_seed(config)} ({config.model.variant} U-Net, {a.mem_n_iters} training steps each '
+           f'on the first n images). {a.mem_num_samples} DDIM samples (eta 0, {a.mem_num_steps} steps) per model '
+           f'and per n from the same per-sample seeds (seed {config.seed}); columns without _b are model A; '
+           f'rp_a_vs_b = RP(A, B). {rp_lib.feature_note(config, threshold)}\n\n'
            + io_util.markdown_table(header, [[r[h] for h in header] for r in rows]))
   io_util.write_text(os.path.join(outdir, 'memorization.md'), table)
   io_util.save_json(rows, os.path.join(outdir, 'memorization.json'))
@@ -118,15 +64,25 @@ def memorization(config, workdir):
 
 
 def _plot_memorization(rows, path):
+  """RP(A, B) and the generalization score against n (the paper's Figure 2), plus RP of each model vs the
+  optimal denoiser."""
   plt = io_util.pyplot()
   n = [r['num_train'] for r in rows]
-  fig, ax = plt.subplots(figsize=(5, 3.4))
-  ax.plot(n, [r['gen_score'] for r in rows], 'o-', label='generalization score (1 - mem)')
-  ax.plot(n, [r['knn_mem'] for r in rows], 's--', label='kNN memorization (d1/d2 < 1/3)')
-  ax.plot(n, [r['rp_model_vs_optimal'] for r in rows], '^-', label='RP: model vs optimal denoiser')
+  fig, ax = plt.subplots(figsize=(5.4, 3.6))
+  ax.plot(n, [r['rp_a_vs_b'] for r in rows], 'o-', color='C0', lw=2, label='RP: model A vs model B')
+  ax.plot(n, [r['gen_score'] for r in rows], 's-', color='C1', label='generalization score, A')
+  ax.plot(n, [r['gen_score_b'] for r in rows], 's--', color='C1', alpha=0.6, label='generalization score, B')
+  ax.plot(n, [r['rp_model_vs_optimal'] for r in rows], '^:', color='C2', label='RP: A vs optimal denoiser')
+  ax.plot(n, [r['rp_model_b_vs_optimal'] for r in rows], 'v:', color='C3', label='RP: B vs optimal denoiser')
   ax.set(xscale='log', xlabel='training set size n', ylabel='score', ylim=(-0.02, 1.02))
   ax.legend(fontsize=7)
   io_util.save_figure(fig, path)
+
+
+def rp_table(config, workdir):
+  """--mode=rp_table: RP between full-data models of different width, seed, U-Net variant, and between
+  samplers (experiments/reproducibility.rp_table); writes analysis/rp_table.{md,csv,json}."""
+  return rp_lib.rp_table(config, workdir)
 
 
 def mem_score(config, workdir):
@@ -202,6 +158,6 @@ def jacobian_rank(config, workdir):
   rows = [dict(model=name, **r) for name, curve in curves.items() for r in curve]
   header = ['model', 't', 'alpha_bar', 'noise_level', 'rank', 'rank_over_D']
   io_util.write_csv(os.path.join(outdir, 'jacobian_rank.csv'), header, [[r[h] for h in header] for r in rows])
-  jacobian_lib.plot_rank_curves(curves, os.path.join(outdir, 'jacobian_rank.png'))
+  plots.plot_rank_curves(curves, os.path.join(outdir, 'jacobian_rank.png'))
   logging.info('wrote %s', os.path.join(outdir, 'jacobian_rank.png'))
   return curves

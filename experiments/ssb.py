@@ -16,7 +16,7 @@ import sampling
 import sde_lib
 import workdir as wd
 from analysis import symmetry
-from experiments import tables
+from experiments import plots, tables
 
 
 def _setup(config, workdir):
@@ -192,7 +192,7 @@ def diversity(config, workdir):
                                reference_fractions=reference.tolist(), cells=cells), path)
       for arm in cells[key]['arms'].values():
         arm['reference_fractions'] = reference.tolist()
-      div.plot_compositions(cells[key]['arms'], os.path.join(outdir, f'diversity_{method}_n{n}.png'),
+      plots.plot_compositions(cells[key]['arms'], os.path.join(outdir, f'diversity_{method}_n{n}.png'),
                             title=f'{config.data.dataset}: {method.upper()}, n={n}')
   table = _diversity_table(cells, outdir, a.diversity_num_samples, acc)
   print(table)

@@ -4,6 +4,7 @@ Checkpoints use the score_sde / SSB layout (docs/model.md, "Checkpoint format"):
   {'optimizer': opt.state_dict() or {}, 'model': {'module.' + key: tensor}, 'ema': ema.state_dict(), 'step': int}
 """
 import copy
+import functools
 import os
 import pickle
 import zipfile
@@ -69,7 +70,8 @@ def _read(path, map_location):
       raise CheckpointError(f'{path} holds objects other than tensors and plain Python values, so it is not '
                             f'a checkpoint in the score_sde layout; refusing to unpickle it ({e})') from e
     raise CheckpointError(f'checkpoint {path} is corrupt or truncated; delete it or use an older one ({e})') from e
-  except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+  # junk bytes that are not a zip reach the weights-only unpickler, which fails with IndexError or KeyError too
+  except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as e:
     raise CheckpointError(f'checkpoint {path} is corrupt or truncated; delete it or use an older one ({e})') from e
   if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
     found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -148,12 +150,29 @@ def load_checkpoint(path, model, ema=None, optimizer=None, map_location='cpu'):
   return int(ckpt.get('step', 0))
 
 
-def ema_eps_fn(model, ema=None):
+PRECISIONS = ('fp32', 'bf16')  # config.training.precision / config.eval.precision
+
+
+def autocast(device, precision):
+  """Context for a forward pass in ``precision``: 'fp32' (a no-op context, the exact default) or 'bf16'
+  (torch.autocast to bfloat16 on ``device``'s type, CUDA or CPU; weights and gradients stay float32)."""
+  import contextlib
+  if precision not in PRECISIONS:
+    raise InputError(f'precision={precision!r} is unknown; use one of {PRECISIONS}')
+  if precision == 'fp32':
+    return contextlib.nullcontext()
+  return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def ema_eps_fn(model, ema=None, precision='fp32', channels_last=False, compile=False):
   """eps_fn(x, t) evaluating a deep copy of `model` with the EMA weights, in eval mode, under inference_mode.
 
   x: (B, C, H, W) in model space [-1, 1]; t: python number, 0-d or (B,) tensor of timesteps in [0, T-1]
-  (fractional allowed), broadcast to (B,) float32 on the model's device. Returns (B, C, H, W) eps.
-  The copy is taken now: later training steps do not change the returned function.
+  (fractional allowed), broadcast to (B,) float32 on the model's device. Returns (B, C, H, W) float32 eps,
+  contiguous. The copy is taken now: later training steps do not change the returned function.
+  Fast paths (config.eval.*; the defaults are the exact fp32 eager network): precision 'bf16' runs under
+  bfloat16 autocast, channels_last stores weights and inputs NHWC, compile evaluates torch.compile(copy).
+  ``eps_fn.model`` is always the plain (uncompiled) copy, usable under autograd / torch.func.
   """
   from models.ema import ExponentialMovingAverage
   if ema is not None and not isinstance(ema, ExponentialMovingAverage):
@@ -165,18 +184,25 @@ def ema_eps_fn(model, ema=None):
   net.eval().requires_grad_(False)
   for p in net.parameters():
     p.grad = None  # the copy only evaluates; drop any copied training gradients
+  fmt = torch.channels_last if channels_last else torch.preserve_format  # preserve: x is passed on as it is
+  if channels_last:
+    net.to(memory_format=fmt)
+  run = torch.compile(net, dynamic=False) if compile else net  # static shapes: at most a last, smaller batch
   param = next(net.parameters())
   device, dtype = param.device, param.dtype
+  precision_ctx = functools.partial(autocast, device, precision)
+  precision_ctx()  # an unknown precision fails here, not at the first sampler call
 
   def eps_fn(x, t):
-    x = x.to(device=device, dtype=dtype)
+    x = x.to(device=device, dtype=dtype, memory_format=fmt)
     t = torch.as_tensor(t, device=device, dtype=torch.float32)
     if t.ndim == 0:
       t = t.expand(x.shape[0])
     elif t.shape != (x.shape[0],):
       raise ValueError(f't must be a number, a 0-d tensor or shape ({x.shape[0]},), got {tuple(t.shape)}')
-    with torch.inference_mode():
-      return net(x, t)
+    with torch.inference_mode(), precision_ctx():
+      out = run(x, t)
+    return out.to(torch.float32, memory_format=torch.contiguous_format)  # no-op (same tensor) on the default path
 
   eps_fn.model = net
   return eps_fn

@@ -64,3 +64,111 @@ def tiny_digits_config(tmp_dir, **overrides):
 @pytest.fixture
 def tiny_config(tmp_path):
   return tiny_digits_config(tmp_path)
+
+
+# --- tiny data sets in the real on-disk formats (docs/data.md) ---------------------------------------
+# Each writer returns {split: (images uint8 (N, C, H, W), labels int64 (N,))} of what it wrote (labels 0-based,
+# as the loader returns them; CelebA: images None, the JPEGs are lossy).
+
+def write_mnist(root, n_train, n_test, seed=0):
+  """MNIST as downloaded from yann.lecun.com: gzipped idx files in root/MNIST/raw (torchvision's folder).
+  idx: bytes 0 0 8 ndim, then ndim big-endian uint32 sizes, then uint8 data."""
+  import gzip
+  import struct
+  import numpy as np
+  raw = os.path.join(str(root), 'MNIST', 'raw')
+  os.makedirs(raw, exist_ok=True)
+  rng, out = np.random.default_rng(seed), {}
+  for split, prefix, n in (('train', 'train', n_train), ('test', 't10k', n_test)):
+    x, y = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+    for name, array in ((f'{prefix}-images-idx3-ubyte.gz', x), (f'{prefix}-labels-idx1-ubyte.gz', y)):
+      header = struct.pack('>BBBB', 0, 0, 8, array.ndim) + struct.pack(f'>{array.ndim}I', *array.shape)
+      with open(os.path.join(raw, name), 'wb') as f:
+        f.write(gzip.compress(header + array.tobytes()))
+    out[split] = (x[:, None], y.astype(np.int64))
+  return out
+
+
+def _py2_pickle(obj, f):
+  """Pickles like Python 2's cPickle at protocol 2, as the real CIFAR-10 batches were written: every str and bytes
+  is a Python 2 byte string (SHORT_BINSTRING / BINSTRING; read back as b'data' with encoding='bytes', as str
+  with encoding='latin1') and numpy's reconstructor is named numpy.core.multiarray, its numpy 1 module."""
+  import pickle
+  import struct
+
+  class Py2Pickler(pickle._Pickler):
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_string(self, obj):
+      data = obj.encode('latin1') if isinstance(obj, str) else obj
+      size = bytes([len(data)]) if len(data) < 256 else struct.pack('<i', len(data))
+      self.write((pickle.SHORT_BINSTRING if len(data) < 256 else pickle.BINSTRING) + size + data)
+      self.memoize(obj)
+
+    dispatch[str] = dispatch[bytes] = save_py2_string
+
+    def save_global(self, obj, name=None):
+      module = {'numpy._core.multiarray': 'numpy.core.multiarray'}.get(obj.__module__, obj.__module__)
+      self.write(pickle.GLOBAL + f'{module}\n{name or obj.__qualname__}\n'.encode('ascii'))
+      self.memoize(obj)
+
+  Py2Pickler(f, protocol=2).dump(obj)
+
+
+def write_cifar10(root, n_per_batch, n_test, seed=0):
+  """cifar-10-python.tar.gz extracted: root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}, Python 2
+  pickles of dicts with 'batch_label', 'labels' (list of int), 'data' (uint8 (N, 3072), rows CHW), 'filenames'."""
+  import numpy as np
+  folder = os.path.join(str(root), 'cifar-10-batches-py')
+  os.makedirs(folder, exist_ok=True)
+  rng, xs, ys = np.random.default_rng(seed), {'train': [], 'test': []}, {'train': [], 'test': []}
+  batches = [(f'data_batch_{i}', 'train', n_per_batch, f'training batch {i} of 5') for i in range(1, 6)]
+  for name, split, n, label in batches + [('test_batch', 'test', n_test, 'testing batch 1 of 1')]:
+    x, y = rng.integers(0, 256, (n, 3072), dtype=np.uint8), [int(v) for v in rng.integers(0, 10, n)]
+    with open(os.path.join(folder, name), 'wb') as f:
+      _py2_pickle({'batch_label': label, 'labels': y, 'data': x, 'filenames': [f'img_{i}.png' for i in range(n)]}, f)
+    xs[split].append(x.reshape(n, 3, 32, 32))
+    ys[split].extend(y)
+  meta = {'num_cases_per_batch': n_per_batch, 'num_vis': 3072,
+          'label_names': ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']}
+  with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
+    _py2_pickle(meta, f)
+  return {s: (np.concatenate(xs[s]), np.asarray(ys[s], np.int64)) for s in xs}
+
+
+def write_celeba(root, n_train, n_val, n_test, seed=0):
+  """Aligned CelebA: root/img_align_celeba/NNNNNN.jpg (178x218 RGB JPEGs, numbered as the real files: train from
+  000001, validation from 162771, test from 182638) and root/list_eval_partition.txt rows 'NNNNNN.jpg p'."""
+  import numpy as np
+  from PIL import Image
+  folder = os.path.join(str(root), 'img_align_celeba')
+  os.makedirs(folder, exist_ok=True)
+  rng, rows, out = np.random.default_rng(seed), [], {}
+  for split, part, first, n in (('train', 0, 1, n_train), ('validation', 1, 162771, n_val),
+                                ('test', 2, 182638, n_test)):
+    for i in range(first, first + n):
+      Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(os.path.join(folder, f'{i:06d}.jpg'))
+      rows.append(f'{i:06d}.jpg {part}\n')
+    out[split] = (None, np.zeros(n, np.int64))
+  with open(os.path.join(str(root), 'list_eval_partition.txt'), 'w') as f:
+    f.write(''.join(rows))
+  return out
+
+
+def write_imagenet64(root, n_per_batch, n_val, seed=0):
+  """Downsampled ImageNet 64x64 (npz format), unzipped into root: train_data_batch_{1..10}.npz with 'data' (uint8
+  (N, 12288), rows CHW), 'labels' (1-based, 1..1000) and 'mean'; val_data.npz with 'data' and 'labels'. The train
+  files are written uncompressed (memory-mapped by the loader), val_data compressed (loaded whole): both paths."""
+  import numpy as np
+  os.makedirs(str(root), exist_ok=True)
+  rng, xs, ys = np.random.default_rng(seed), [], []
+  for i in range(1, 11):
+    x, y = rng.integers(0, 256, (n_per_batch, 12288), dtype=np.uint8), rng.integers(1, 1001, n_per_batch)
+    np.savez(os.path.join(str(root), f'train_data_batch_{i}.npz'), data=x, labels=[int(v) for v in y],
+             mean=x.mean(0))
+    xs.append(x)
+    ys.append(y)
+  xv, yv = rng.integers(0, 256, (n_val, 12288), dtype=np.uint8), rng.integers(1, 1001, n_val)
+  np.savez_compressed(os.path.join(str(root), 'val_data.npz'), data=xv, labels=[int(v) for v in yv])
+  return {'train': (np.concatenate(xs).reshape(-1, 3, 64, 64), np.concatenate(ys) - 1),
+          'validation': (xv.reshape(-1, 3, 64, 64), yv - 1)}

@@ -84,13 +84,3 @@ def test_train_rejects_bad_input():
   x = np.zeros((4, 1, 8, 8), np.float32)
   with pytest.raises(ValueError, match='labels'):
     clf.train_classifier(x, [0, 1], x, [0, 1, 0, 1], epochs=1)
-
-
-def test_plot_written(tmp_path):
-  comps = {'vanilla': clf.class_composition(FixedLogits(3), _images_of_classes([0, 0, 1]), 3),
-           'gls': clf.class_composition(FixedLogits(3), _images_of_classes([0, 1, 2]), 3)}
-  path = clf.plot_composition(comps, str(tmp_path / 'div.png'), class_names=['a', 'b', 'c'])
-  with open(path, 'rb') as f:
-    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-  with pytest.raises(ValueError, match='class_names'):
-    clf.plot_composition(comps, str(tmp_path / 'x.png'), class_names=['a'])

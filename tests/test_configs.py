@@ -67,6 +67,7 @@ def test_paper_numbers():
       (2e-4, 5000, 1.0, 0.9999, 128)
   assert c.model.variant == 'ssb' and c.data.centered and c.data.random_flip
   m = mnist.get_config()
+  assert m.data.random_flip  # as the paper's MNIST config (see the comment in configs/ddpm/mnist.py)
   assert (m.data.image_size, m.data.num_channels, tuple(m.model.ch_mult), m.training.n_iters) == (28, 1, (1, 2, 2),
                                                                                                   500_001)
   assert celeba64.get_config().data.image_size == 64 and celeba64.get_config().data.eval_split == 'validation'

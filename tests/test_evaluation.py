@@ -227,7 +227,7 @@ def test_onnx_backend_matches_torch_and_golden(inception_onnx, inception_torch, 
   np.testing.assert_allclose(fast, golden['features_rgb'], atol=1e-4, rtol=1e-4)
   gray = ev.inception_features(golden['images_gray'], inception_onnx)  # 8x8 input: the resize is in the graph
   np.testing.assert_allclose(gray, golden['features_gray'], atol=1e-4, rtol=1e-4)
-  # FID between the two source photos' crops moves by far less than 0.1% (docs/fid.md, "Backends")
+  # FID between the crops of the two source photos moves by far less than 0.1%
   fids = [ev.fid_to_reference(f[:3].mean(0), np.cov(f[:3], rowvar=False),
                               dict(mu=f[3:].mean(0), sigma=np.cov(f[3:], rowvar=False))) for f in (fast, ref)]
   assert abs(fids[0] - fids[1]) <= 1e-3 * fids[1]

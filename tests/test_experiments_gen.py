@@ -9,22 +9,121 @@ from experiments import gen
 from conftest import tiny_digits_config
 
 
-def test_memorization_experiment_tiny(tmp_path):
+MEM_COLUMNS = ('gen_score', 'mem_score', 'knn_mem', 'rp_model_vs_optimal', 'optimal_mem_score', 'rp_a_vs_b',
+               'gen_score_b', 'mem_score_b', 'knn_mem_b', 'rp_model_b_vs_optimal')
+
+
+def _tiny_mem_config(tmp_path, sizes=(8, 16)):
   config = tiny_digits_config(tmp_path, **{'training.snapshot_sampling': False})
   a = config.analysis
-  a.mem_sizes, a.mem_n_iters, a.mem_num_samples, a.mem_num_steps = (4, 32), 8, 8, 5
+  a.mem_sizes, a.mem_n_iters, a.mem_num_samples, a.mem_num_steps = sizes, 8, 8, 5
+  return config
+
+
+def _record_generate(monkeypatch):
+  """Wraps sampling.generate; returns the list of seeds it was called with."""
+  import inspect
+  import sampling
+  seeds, generate = [], sampling.generate
+  def recording(*args, **kwargs):
+    seeds.append(inspect.signature(generate).bind(*args, **kwargs).arguments['seed'])
+    return generate(*args, **kwargs)
+  monkeypatch.setattr(sampling, 'generate', recording)
+  return seeds
+
+
+def test_memorization_experiment_tiny(tmp_path, monkeypatch):
+  config = _tiny_mem_config(tmp_path)
   workdir = str(tmp_path / 'run')
+  seeds = _record_generate(monkeypatch)
   rows = gen.memorization(config, workdir)
-  assert [r['num_train'] for r in rows] == [4, 32]
+  assert [r['num_train'] for r in rows] == [8, 16]
   for r in rows:
-    for key in ('gen_score', 'mem_score', 'knn_mem', 'rp_model_vs_optimal', 'optimal_mem_score'):
-      assert 0.0 <= r[key] <= 1.0
+    for key in MEM_COLUMNS:
+      assert 0.0 <= r[key] <= 1.0, key
     # The exact optimal denoiser of n images reproduces its training images with 50 fine steps or 5 coarse ones.
     assert r['optimal_mem_score'] > 0.5
-  for name in ('memorization.md', 'memorization.csv', 'memorization.png', 'memorization_n4.png'):
-    assert os.path.exists(os.path.join(workdir, 'analysis', name))
-  assert json.load(open(os.path.join(workdir, 'analysis', 'memorization.json')))[0]['num_train'] == 4
-  assert os.path.exists(os.path.join(workdir, 'memorization', 'n32', 'checkpoints-meta', 'checkpoint.pth'))
+  # Models A, B and the optimal denoiser, for each n, all start from the same per-sample noise (config.seed).
+  assert seeds == [config.seed] * 6
+  analysis = os.path.join(workdir, 'analysis')
+  for name in ('memorization.md', 'memorization.csv', 'memorization.png', 'memorization_n8.png',
+               'memorization_n8.json'):
+    assert os.path.exists(os.path.join(analysis, name))
+  header = open(os.path.join(analysis, 'memorization.csv')).readline().strip().split(',')
+  assert set(MEM_COLUMNS) <= set(header)
+  md = open(os.path.join(analysis, 'memorization.md')).read()
+  assert "Feature net 'pixels'" in md and 'threshold 0.985' in md and 'calibrate_threshold.py' in md
+  assert json.load(open(os.path.join(analysis, 'memorization.json')))[0]['num_train'] == 8
+  # Model B differs from A in width and training seed.
+  cfg_b = json.load(open(os.path.join(workdir, 'memorization', 'n16_b', 'config.json')))
+  cfg_a = json.load(open(os.path.join(workdir, 'memorization', 'n16', 'config.json')))
+  assert (cfg_a['model']['nf'], cfg_a['seed']) == (32, config.seed)
+  assert (cfg_b['model']['nf'], cfg_b['seed']) == (64, config.seed + 1)
+  assert cfg_b['data']['num_train'] == 16
+
+  # Resume: nothing is retrained, resampled or rescored.
+  ckpts = [os.path.join(workdir, 'memorization', f'n{n}{tag}', 'checkpoints-meta', 'checkpoint.pth')
+           for n in (8, 16) for tag in ('', '_b')]
+  mtimes = [os.path.getmtime(p) for p in ckpts]
+  seeds.clear()
+  assert gen.memorization(config, workdir) == rows
+  assert seeds == [] and [os.path.getmtime(p) for p in ckpts] == mtimes
+  # A changed signature (another threshold) rescores that n.
+  config.analysis.threshold = 0.5
+  gen.memorization(config, workdir)
+  assert seeds == [config.seed] * 6 and [os.path.getmtime(p) for p in ckpts] == mtimes
+
+
+def test_memorization_identical_models_reproduce_each_other(tmp_path):
+  config = _tiny_mem_config(tmp_path, sizes=(8,))
+  config.analysis.rp_model_b_nf, config.analysis.rp_model_b_seed = config.model.nf, config.seed
+  row, = gen.memorization(config, str(tmp_path / 'run'))
+  # Same width, same training seed: B is A retrained, sampled from the same noise, so every pair matches.
+  assert row['rp_a_vs_b'] == 1.0
+  assert row['rp_model_vs_optimal'] == row['rp_model_b_vs_optimal']
+  assert (row['gen_score'], row['knn_mem']) == (row['gen_score_b'], row['knn_mem_b'])
+
+
+def test_rp_table_tiny(tmp_path, monkeypatch):
+  import pytest
+  from errors import InputError
+  config = _tiny_mem_config(tmp_path)
+  config.data.num_train = 64  # the "full-data" models of the table, kept tiny
+  config.analysis.rp_table_pairs = ('seed', 'sampler')
+  workdir = str(tmp_path / 'run')
+  seeds = _record_generate(monkeypatch)
+  rows = gen.rp_table(config, workdir)
+  assert [r['comparison'] for r in rows] == ['seed', 'sampler']
+  for r in rows:
+    assert 0.0 <= r['rp'] <= 1.0 and 0.0 <= r['gen_score_a'] <= 1.0 and 0.0 <= r['gen_score_b'] <= 1.0
+  seed_row, sampler_row = rows
+  assert seed_row['model_a'] == 'ssb_nf32_seed42' and seed_row['model_b'] == 'ssb_nf32_seed43'
+  assert sampler_row['model_a'] == sampler_row['model_b'] == 'ssb_nf32_seed42'
+  assert (sampler_row['sampler_a'], sampler_row['sampler_b']) == ('ddim 5', 'f-pndm 5')
+  assert seeds == [config.seed] * 3  # base with DDIM and F-PNDM, seed43 with DDIM: the same noise
+  assert sorted(os.listdir(os.path.join(workdir, 'rp_table'))) == ['ssb_nf32_seed42', 'ssb_nf32_seed43']
+  for ext in ('md', 'csv', 'json'):
+    assert os.path.exists(os.path.join(workdir, 'analysis', f'rp_table.{ext}'))
+  md = open(os.path.join(workdir, 'analysis', 'rp_table.md')).read()
+  assert "Feature net 'pixels'" in md and 'threshold 0.985' in md
+  assert json.load(open(os.path.join(workdir, 'analysis', 'rp_table.json')))['rows'] == rows
+  seeds.clear()
+  assert gen.rp_table(config, workdir) == rows and seeds == []  # resumed: trained and sampled once
+  config.analysis.rp_table_pairs = ('seed', 'depth')
+  with pytest.raises(InputError, match='depth'):
+    gen.rp_table(config, workdir)
+
+
+def test_calibrate_threshold_command(tmp_path):
+  import subprocess
+  import sys
+  out = tmp_path / 'calib.json'
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, os.path.join(root, 'benchmarks', 'calibrate_threshold.py'), '--seeds', '0',
+                  '--json', str(out)], check=True, capture_output=True)
+  seed0, = json.load(open(out))['seeds']
+  # Noisy copies (min similarity 0.987) and held-out digits (p99 0.981) separate near the pixels default 0.985.
+  assert 0.982 < seed0['threshold'] < 0.992 and seed0['balanced_accuracy'] > 0.99
 
 
 def test_jacobian_rank_model_and_exact(tmp_path):

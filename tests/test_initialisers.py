@@ -126,3 +126,80 @@ def test_moments_file_round_trip_and_errors(tmp_path):
     init.load_moments(str(tmp_path / 'nope.npz'), 'mnist', 4, 2)
   with pytest.raises(ValueError, match='shape'):
     init.GaussianLateStart.from_moments(SCHED, 10, back['mean'], back['cov'], (3, 4, 4))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rank-r fit by subspace iteration (top_eigenpairs) against the full eigh it replaces
+# ----------------------------------------------------------------------------------------------------------
+
+import functools  # noqa: E402
+
+
+@functools.lru_cache(maxsize=2)
+def _known_spectrum_cov(dim=500, seed=0):
+  """V diag(lambda) V^T with lambda_i = 1/i (distinct, image-like decay) and a random orthonormal V."""
+  g = torch.Generator().manual_seed(seed)
+  basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+  lam = 1.0 / torch.arange(1, dim + 1, dtype=torch.float64)
+  return ((basis * lam) @ basis.T).numpy(), lam.numpy()
+
+
+@pytest.mark.parametrize('rank', [8, 32])
+def test_subspace_fit_matches_full_eigh(rank):
+  cov, lam = _known_spectrum_cov()
+  dim = cov.shape[0]
+  mean = np.linspace(-1, 1, dim)
+  fits = {s: init.GaussianLateStart.from_moments(SCHED, 400, mean, cov, (dim,), rank=rank, solver=s)
+          for s in ('eigh', 'subspace')}
+  fast, ref = fits['subspace'], fits['eigh']
+  np.testing.assert_allclose(fast.eigvals.numpy(), ref.eigvals.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(np.sort(fast.eigvals.numpy())[::-1], lam[:rank], rtol=1e-6)  # the known spectrum
+  np.testing.assert_allclose(fast.eigvecs.numpy(), ref.eigvecs.numpy(), atol=1e-6)  # same order and signs
+  a = float(SCHED.alpha_bar(400))
+  for fit in (fast, ref):  # diag(Sigma_t) = a diag(Sigma) + 1 - a, as before the partial solver existed
+    np.testing.assert_allclose(np.diag(fit.covariance().numpy()), a * np.diag(cov) + 1 - a, rtol=1e-12)
+  gens = rng.per_sample_generators(3, range(4))
+  x_fast = fast.sample(4, gens)
+  x_ref = ref.sample(4, rng.per_sample_generators(3, range(4)))
+  torch.testing.assert_close(x_fast, x_ref, rtol=0, atol=1e-6)  # same seed, same draws
+
+
+def test_subspace_fit_asymmetric_and_rank_deficient_input(caplog):
+  g = np.random.default_rng(0)
+  rows = g.standard_normal((5, 300)) * np.array([5., 4., 3., 2., 1.])[:, None]
+  cov = rows.T @ rows / 4  # rank 5 < r = 8 < block: Cholesky QR breaks down, Householder QR takes over
+  cov_asym = cov + 1e-13 * np.triu(g.standard_normal((300, 300)))  # streaming round-off is not symmetric
+  with caplog.at_level('WARNING'):
+    vals, vecs = init.top_eigenpairs(torch.from_numpy(cov_asym), 8)
+  assert not caplog.records  # converged: no fallback to the full eigh
+  ref = np.linalg.eigvalsh(0.5 * (cov_asym + cov_asym.T))[::-1][:8]
+  assert torch.isfinite(vals).all() and torch.isfinite(vecs).all()
+  np.testing.assert_allclose(vals[:5].numpy(), ref[:5], rtol=1e-6)
+  assert np.abs(vals[5:].numpy()).max() <= 1e-9 * ref[0]
+  np.testing.assert_allclose(vecs.T @ vecs, np.eye(8), atol=1e-10)
+
+
+def test_subspace_fit_falls_back_to_eigh_when_not_converged(caplog):
+  cov, lam = _known_spectrum_cov(200)
+  with caplog.at_level('WARNING'):
+    vals, vecs = init.top_eigenpairs(torch.from_numpy(cov), 4, max_iter=1)
+  assert any('did not converge' in r.getMessage() for r in caplog.records)
+  np.testing.assert_allclose(vals.numpy(), lam[:4], rtol=1e-10)
+
+
+def test_solver_choice(monkeypatch):
+  assert init.partial_fit_pays(3072, 8) and init.partial_fit_pays(12288, 64)
+  assert not init.partial_fit_pays(784, 8) and not init.partial_fit_pays(3072, 700)
+  g = np.random.default_rng(0)
+  low = g.standard_normal((1024, 16)) * np.arange(16, 0, -1)
+  cov = low @ low.T + np.diag(np.linspace(0.1, 0.2, 1024))  # well separated top 8: converges in a few steps
+  calls = []
+  original = init.top_eigenpairs
+  monkeypatch.setattr(init, 'top_eigenpairs', lambda c, r: calls.append(r) or original(c, r))
+  fit = init.GaussianLateStart.from_moments(SCHED, 100, np.zeros(1024), cov, (1024,), rank=8)  # 'auto'
+  assert calls == [8] and fit.eigvecs.shape == (1024, 8)
+  init.GaussianLateStart.from_moments(SCHED, 100, np.zeros(D), cov[:D, :D], SHAPE, rank=0)  # full: eigh
+  init.GaussianLateStart.from_moments(SCHED, 100, np.zeros(D), cov[:D, :D], SHAPE, rank=2)  # small D: eigh
+  assert calls == [8]
+  with pytest.raises(ValueError, match='solver'):
+    init.GaussianLateStart.from_moments(SCHED, 100, np.zeros(1024), cov, (1024,), rank=8, solver='lanczos')

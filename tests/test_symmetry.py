@@ -201,7 +201,7 @@ def test_top_eig_lanczos_matches_dense():
   rng = np.random.default_rng(5)
   data = rng.standard_normal((300, 20)) * np.linspace(0.2, 2.0, 20)
   w = rng.dirichlet(np.ones(300))
-  assert S._top_cov_eig(data, w, max_dense=5) == pytest.approx(S._top_cov_eig(data, w), rel=1e-8)
+  assert S.top_cov_eigenvalue(data, w, max_dense=5) == pytest.approx(S.top_cov_eigenvalue(data, w), rel=1e-8)
 
 
 def test_path_potential_two_point():

@@ -1,0 +1,47 @@
+"""Every benchmark script runs at toy size (--smoke) so that the benchmarks cannot rot (BENCHMARKS.md).
+
+Each script runs as a subprocess from tmp_path (nothing is written to the repository). The peer comparisons
+need diffusers (requirements-bench.txt); they are skipped without it. The peer scripts check themselves: the
+sampler pairs must agree in float64 and the two U-Nets must have the same parameter sizes, else they exit 1.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, 'benchmarks')
+
+# script -> (needs diffusers, a line the smoke output must contain or None)
+SMOKE = {
+    'bench_fast_paths.py': (False, None),
+    'bench_peer_samplers.py': (True, '| PLMS | PNDMScheduler(skip_prk_steps=True) |'),
+    'bench_peer_unet.py': (True, 'same per-tensor sizes: True'),
+}
+# Scripts without a --smoke flag yet (not run here); a new script must be added to one of the two lists.
+NO_SMOKE_YET = ('bench_fid.py', 'bench_gls_fit.py', 'bench_model.py', 'bench_samplers.py', 'bench_train.py',
+                'calibrate_threshold.py')
+
+
+def test_every_benchmark_is_listed():
+  scripts = {f for f in os.listdir(BENCH) if f.endswith('.py')}
+  unlisted = scripts - set(SMOKE) - set(NO_SMOKE_YET)
+  assert not unlisted, f'add {sorted(unlisted)} to SMOKE (with a --smoke flag) or NO_SMOKE_YET'
+  for name in SMOKE:
+    with open(os.path.join(BENCH, name)) as f:
+      assert "'--smoke'" in f.read(), f'{name} has no --smoke flag'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script', sorted(SMOKE))
+def test_benchmark_smoke(script, tmp_path):
+  needs_diffusers, expected = SMOKE[script]
+  if needs_diffusers:
+    pytest.importorskip('diffusers')
+  env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1')
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, script), '--smoke'], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, f'{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+  assert expected is None or expected in proc.stdout, proc.stdout
+  assert os.listdir(tmp_path) == []

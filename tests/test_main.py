@@ -1,0 +1,152 @@
+"""The command line (main.py): input errors end with one line naming the cause and exit non-zero, bugs keep their
+traceback, every mode validates its config first, and the workdir lock refuses a second writer.
+
+CLI runs use `python main.py` from the repository root; checks that need no process boundary call
+`main.run_mode` / `main.main` in-process. No test waits on the clock: the subprocess timeout only guards
+against a hang."""
+import logging
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import main
+import run_lib
+import workdir as wd
+from configs.validation import ConfigError
+from conftest import ROOT
+from errors import InputError
+from test_workdir import dead_pid, unwritable_folder  # noqa: F401 (a fixture)
+
+HANG_GUARD_S = 1800
+TINY = ['--config.model.nf=32', '--config.model.num_res_blocks=1', '--config.training.batch_size=16',
+        '--config.training.n_iters=2', '--config.training.snapshot_freq=2',
+        '--config.training.snapshot_freq_for_preemption=2', '--config.training.snapshot_sampling=False',
+        '--config.training.eval_freq=2']
+
+
+def _main(workdir, mode='train', *extra, config='configs/ddpm/digits.py'):
+  cmd = [sys.executable, 'main.py', f'--config={config}', f'--workdir={workdir}', f'--mode={mode}', *extra]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                        env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def _one_line_error(proc, *words):
+  """The run failed with exactly one stderr line, 'error: ...', containing every word; no traceback."""
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: '), proc.stderr[-3000:]
+  assert all(w in lines[0] for w in words), lines[0]
+  return lines[0]
+
+
+# ------------------------------------------------------------------------------------------ bad paths
+def test_missing_config_file_is_one_line(tmp_path):
+  proc = _main(tmp_path / 'w', config='configs/ddpm/nope.py')
+  _one_line_error(proc, 'configs/ddpm/nope.py', 'not found')
+  assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('kind', ['regular_file', 'under_a_file', 'read_only'])
+def test_unusable_workdir_is_one_line(tmp_path, unwritable_folder, kind):  # noqa: F811
+  (tmp_path / 'file').write_text('not a folder')
+  workdir = {'regular_file': tmp_path / 'file', 'under_a_file': tmp_path / 'file' / 'sub',
+             'read_only': unwritable_folder}[kind]
+  words = ['is a file, not a folder'] if kind == 'regular_file' else ['is not writable']
+  _one_line_error(_main(workdir), '--workdir', str(workdir), *words)
+  assert (tmp_path / 'file').read_text() == 'not a folder'
+
+
+def test_sample_checks_its_output_before_loading_weights_or_sampling(tmp_path):
+  """The workdir holds no checkpoint: the output error comes first, so it comes before any sampling."""
+  (tmp_path / 'file').write_text('x')
+  out = tmp_path / 'file' / 'samples' / 'x.npz'
+  _one_line_error(_main(tmp_path / 'w', 'sample', f'--sample_out={out}'), 'sample output folder',
+                  str(tmp_path / 'file' / 'samples'), 'not writable')
+
+
+# ------------------------------------------------------------------------------------------ validation first
+@pytest.mark.parametrize('mode', sorted(main.MODES))
+def test_every_mode_validates_the_config_before_anything(tiny_config, tmp_path, monkeypatch, mode):
+  tiny_config.training.batch_size = 0
+  monkeypatch.setattr(main.importlib, 'import_module',
+                      lambda name: pytest.fail(f'--mode={mode} loaded {name} before validating the config'))
+  with pytest.raises(ConfigError, match=r'config.training.batch_size=0 is invalid') as err:
+    main.run_mode(mode, tiny_config, str(tmp_path / 'w'))
+  assert '\n' not in str(err.value)
+  assert not (tmp_path / 'w').exists()  # nothing created, no lock taken
+
+
+def test_invalid_config_on_the_command_line_is_one_line(tmp_path):
+  _one_line_error(_main(tmp_path / 'w', 'eval', '--config.training.batch_size=0'), 'ConfigError',
+                  'config.training.batch_size=0')
+  assert not (tmp_path / 'w').exists()
+
+
+# ------------------------------------------------------------------------------------------ bugs vs input errors
+@pytest.fixture
+def flags(tiny_config, tmp_path, monkeypatch):
+  """main.main's flags for --mode=train on tiny_config (restores the root logger's level it changes)."""
+  root = logging.getLogger()
+  level = root.level
+  monkeypatch.setattr(main, 'FLAGS', types.SimpleNamespace(mode='train', config=tiny_config, sample_out=None,
+                                                           workdir=str(tmp_path / 'w')))
+  yield main.FLAGS
+  root.setLevel(level)
+
+
+def test_a_bug_inside_a_mode_keeps_its_traceback(flags, monkeypatch):
+  def buggy(config, workdir):
+    assert os.path.exists(os.path.join(workdir, '.lock_train'))
+    raise KeyError('a bug, not bad input')
+
+  monkeypatch.setattr(run_lib, 'train', buggy)
+  with pytest.raises(KeyError, match='a bug'):  # re-raised, not turned into sys.exit
+    main.main([])
+  assert os.listdir(flags.workdir) == []  # the lock is released
+
+
+def test_an_input_error_inside_a_mode_is_one_line_and_releases_the_lock(flags, monkeypatch):
+  def bad_input(config, workdir):
+    raise InputError('checkpoint x.pth is corrupt: delete it')
+
+  monkeypatch.setattr(run_lib, 'train', bad_input)
+  with pytest.raises(SystemExit) as exc:
+    main.main([])
+  assert exc.value.code == 'error: InputError: checkpoint x.pth is corrupt: delete it'
+  assert os.listdir(flags.workdir) == []
+
+
+# ------------------------------------------------------------------------------------------ two writers
+def test_a_second_training_in_a_workdir_is_refused_with_the_holders_pid(tmp_path):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  with wd.WorkdirLock(str(workdir), 'train'):
+    line = _one_line_error(_main(workdir, 'train', *TINY), 'InputError', f'in use by process {os.getpid()}')
+    assert int(open(workdir / '.lock_train').read().split()[0]) == os.getpid()  # still ours
+  assert str(workdir) in line
+  assert os.listdir(workdir) == []  # the refused run wrote nothing (no config.json, no checkpoints)
+
+
+def test_a_stale_lock_is_taken_over_and_removed_at_exit(tmp_path):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  pid = dead_pid()
+  (workdir / '.lock_train').write_text(f'{pid}\npython main.py --mode=train\n')
+  proc = _main(workdir, 'train', *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'process {pid} is gone' in proc.stderr
+  assert not (workdir / '.lock_train').exists()
+  assert torch.load(workdir / 'checkpoints' / 'checkpoint_1.pth', weights_only=True)['step'] == 2
+
+
+def test_the_lock_is_removed_after_an_input_error_inside_the_mode(tmp_path):
+  """An unreadable checkpoint makes --mode=train stop after it took the lock (CheckpointError)."""
+  workdir = tmp_path / 'w'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  (workdir / 'checkpoints' / 'checkpoint_1.pth').write_bytes(b'a damaged file')
+  _one_line_error(_main(workdir, 'train', *TINY), 'CheckpointError', 'checkpoint_1.pth', 'restart_unreadable')
+  assert not (workdir / '.lock_train').exists()
+  assert (workdir / 'checkpoints' / 'checkpoint_1.pth').read_bytes() == b'a damaged file'
