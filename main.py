@@ -9,7 +9,6 @@ Any config field can be overridden with --config.<section>.<field>=<value>. Inpu
 missing or corrupt file, a foreign checkpoint, a diverged run, a busy workdir) end with one line naming the cause
 and what to do; anything else is a bug and keeps its traceback.
 """
-import datetime
 import importlib
 import logging
 import os
@@ -93,22 +92,8 @@ def main(argv):
   try:
     run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir, **kwargs)
   except input_errors() as err:  # bad input: one clear line, no traceback
-    _exit_on_every_rank(f'error: {type(err).__name__}: {err}')
-
-
-def _exit_on_every_rank(line):
-  """sys.exit(line). Under torchrun a failing rank prints its line, then waits (at most a minute) at a monitored
-  barrier for the other ranks: the launcher stops every rank as soon as one exits, and a slower rank that hits the
-  same problem (a checkpoint that does not load) must get to report it too."""
-  import torch.distributed as dist
-  if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-    print(line, file=sys.stderr, flush=True)
-    try:
-      dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
-    except Exception:  # a rank that did not fail, or NCCL (gloo only has a monitored barrier): exit anyway
-      pass
-    sys.exit(1)
-  sys.exit(line)
+    import dist_util  # under torchrun every failing rank reports its line before the group stops
+    dist_util.exit_all(f'error: {type(err).__name__}: {err}', wait_s=30)
 
 
 def _check_arguments(argv):

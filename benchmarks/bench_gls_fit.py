@@ -65,6 +65,8 @@ def _child(args):
   """One fit in this process: prints a JSON line with seconds, peak RSS growth and the top eigenvalues."""
   from samplers.initialisers import GaussianLateStart
   from sde_lib import DDPMSchedule
+  if args.threads:
+    torch.set_num_threads(args.threads)
   cov = np.load(args.cov_file)
   dim = cov.shape[0]
   base = _reset_peak_rss()
@@ -79,9 +81,9 @@ def _child(args):
                         max_rel_residual=resid)))
 
 
-def _run_case(cov_file, rank, solver):
+def _run_case(cov_file, rank, solver, threads):
   cmd = [sys.executable, os.path.abspath(__file__), '--child', '--cov_file', cov_file, '--rank', str(rank),
-         '--solver', solver]
+         '--solver', solver, '--threads', str(threads)]
   out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -92,6 +94,8 @@ def main():
   parser.add_argument('--ranks', default='8,64')
   parser.add_argument('--full_12288', choices=('auto', 'yes', 'no'), default='auto',
                       help='auto: run the ~6-minute full eigh at D >= 12288 only if the 1-minute load is < 1.5')
+  parser.add_argument('--threads', type=int, default=0,
+                      help='torch threads in each fit; 0 = torch default. 1 is steadier on a shared machine')
   parser.add_argument('--smoke', action='store_true', help='toy size (CI): D = 256, rank 4')
   parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--cov_file', help=argparse.SUPPRESS)
@@ -103,7 +107,8 @@ def main():
   if args.smoke:
     args.dims, args.ranks = '256', '4'
   ranks = [int(r) for r in args.ranks.split(',')]
-  print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}')
+  threads = args.threads or torch.get_num_threads()
+  print(f'torch {torch.__version__}, threads {threads}, load {os.getloadavg()[0]:.2f}')
   print('\n| D | fit | time (s) | peak memory growth (GB) | max rel. error of top-r eigenvalues vs full | '
         'max rel. residual |\n|---|---|---|---|---|---|')
   with tempfile.TemporaryDirectory() as folder:
@@ -111,14 +116,14 @@ def main():
       cov_file = os.path.join(folder, f'cov{dim}.npy')
       np.save(cov_file, make_cov(dim))
       run_full = dim < 12288 or args.full_12288 == 'yes' or (args.full_12288 == 'auto' and os.getloadavg()[0] < 1.5)
-      full = _run_case(cov_file, 0, 'eigh') if run_full else None
+      full = _run_case(cov_file, 0, 'eigh', args.threads) if run_full else None
       if full:
         print(f'| {dim:,} | full eigh (rank 0) | {full["seconds"]:.1f} | {full["peak_growth_gb"]:.2f} | reference '
               f'| - |', flush=True)
       else:
         print(f'| {dim:,} | full eigh (rank 0) | not re-measured (machine busy) | | reference | - |', flush=True)
       for rank in ranks:
-        res = _run_case(cov_file, rank, 'subspace')
+        res = _run_case(cov_file, rank, 'subspace', args.threads)
         err = 'n/a' if not full else \
             f'{np.max(np.abs(np.subtract(res["top"][:rank], full["top"][:rank])) / full["top"][:rank]):.1e}'
         print(f'| {dim:,} | rank {rank}, subspace iteration | {res["seconds"]:.1f} | '

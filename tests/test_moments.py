@@ -34,3 +34,17 @@ def test_errors():
     m.cov()
   with pytest.raises(ValueError, match='dimension 3'):
     m.update(np.ones((2, 4)))
+
+
+def test_per_rank_sums_add_up_to_one_pass_and_reduce_is_a_no_op_in_one_process():
+  """reduce() all-reduces n, sum x and sum x x^T: the sums of rank-strided shares equal one pass's sums."""
+  x = np.random.default_rng(2).normal(size=(37, 5)) + 3.0
+  one, parts = RunningMoments(5), [RunningMoments(5), RunningMoments(5)]
+  for i in range(0, 37, 8):  # batches of 8, batch i to rank i mod 2 (datasets.model_batches(shard=True))
+    one.update(x[i:i + 8])
+    parts[(i // 8) % 2].update(x[i:i + 8])
+  assert one.reduce() is one and one.n == 37  # one process: unchanged
+  total = RunningMoments(5)
+  total.n, total.sum, total.outer = sum(p.n for p in parts), sum(p.sum for p in parts), sum(p.outer for p in parts)
+  np.testing.assert_allclose(total.mean(), one.mean(), rtol=1e-14)
+  np.testing.assert_allclose(total.cov(), one.cov(), rtol=1e-12, atol=1e-14)
