@@ -44,7 +44,8 @@ def fid_stats(config, workdir=None):
   device, d, bs = dist_util.get_device(config), config.data, config.eval.batch_size
   path = wd.fid_stats_path(config)
   wd.ensure_writable(os.path.dirname(os.path.abspath(path)), 'sampling.stats_dir')
-  inception = evaluation.load_inception(config.eval.inception_path, device)
+  inception = evaluation.load_inception(config.eval.inception_path, device,
+                                         backend=config.eval.fid_backend)
   inverse = datasets.get_data_inverse_scaler(config)
   starts = dist_util.shard(range(0, len(datasets.get_dataset(config, 'train')), bs))  # as model_batches shards
   batches = datasets.model_batches(config, batch_size=bs, desc='fid_stats', progress=dist_util.is_main(), shard=True)
@@ -149,7 +150,8 @@ def sweep_context(config, workdir, needs_gls=True):
   moments_file = wd.moments_path(config)
   return dict(device=device, ref=ref, moments=moments, eps_fn=eps_fn, step=step, initialisers={},
               schedule=sde_lib.DDPMSchedule.from_config(config), inverse=datasets.get_data_inverse_scaler(config),
-              inception=evaluation.load_inception(config.eval.inception_path, device) if dist_util.is_main() else None,
+              inception=(evaluation.load_inception(config.eval.inception_path, device, backend=config.eval.fid_backend)
+                         if dist_util.is_main() else None),
               outdir=wd.eval_dir(workdir), stats_sha256=file_sha256(wd.fid_stats_path(config)),
               moments_sha256=file_sha256(moments_file) if os.path.exists(moments_file) else '')
 

@@ -188,7 +188,9 @@ def main():
     run_device('cuda', args)
   else:
     print('\nCUDA: not run (no GPU)')
-  print(f'\ntotal {time.perf_counter() - start:.0f} s')
+  load = os.getloadavg() if hasattr(os, 'getloadavg') else (float('nan'),) * 3
+  print(f'\ntotal {time.perf_counter() - start:.0f} s; load average at the end {load[0]:.2f} (1 min), '
+        f'{load[2]:.2f} (15 min)')
 
 
 if __name__ == '__main__':

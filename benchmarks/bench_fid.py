@@ -3,7 +3,8 @@ InceptionV3 as users run it) against our ``evaluation.feature_moments`` with the
 installed fast backend (fid_backend.py), on the same images, the same weights and the same batch size.
 
 Prints images/s, the ratio to pytorch-fid, the max relative feature difference to pytorch-fid's features and the
-relative change of an FID computed from them (first half of the images against the second half).
+relative change of an FID computed from them (first half of the images against the second half); exits 1
+when a path differs from pytorch-fid by more than 1e-4 (features, relative) or 0.1% (FID).
 
   nice -n 0 python benchmarks/bench_fid.py --num_images 200 --batch_size 50
   python benchmarks/bench_fid.py --smoke   # toy size, for CI
@@ -125,11 +126,15 @@ def main():
   fid_ref = _half_fid(ref)
   t_ref = min(next(iter(times.values())))
   print(f'\n| path | img/s | vs pytorch-fid | max rel. feature diff | FID rel. diff |\n|---|---|---|---|---|')
+  worst = 0.0
   for (name, ts), key in zip(times.items(), ['pytorch-fid', *paths]):
     rel = np.abs(feats[key] - ref).max() / np.abs(ref).max()
     dfid = abs(_half_fid(feats[key]) - fid_ref) / fid_ref
+    worst = max(worst, rel / 1e-4, dfid / 1e-3)
     print(f'| {name} | {args.num_images / min(ts):.1f} | {t_ref / min(ts):.2f}x | {rel:.1e} | {dfid:.1e} |')
   print(f'\nFID (first half vs second half, pytorch-fid features) = {fid_ref:.4f}')
+  if worst > 1:  # the bounds the fast path is held to: features 1e-4 relative, FID 0.1%
+    sys.exit('a path differs from pytorch-fid by more than 1e-4 (features) or 0.1% (FID)')
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ INITS = ('normal', 'gls')
 GRIDS = ('late_start', 'uniform', 'quad')
 PNDM_VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
 GLS_FITS = ('exact', 'monte_carlo')
+FID_BACKENDS = ('auto', 'torch', 'onnxruntime', 'openvino')  # fid_backend.BACKENDS (tests/test_configs.py)
 
 
 class ConfigError(InputError):
@@ -62,6 +63,7 @@ def validate_config(config):
   _require(config.optim.warmup >= 0, 'optim.warmup', config.optim.warmup, 'must be >= 0')
   _validate_sampling(config)
   _validate_analysis(config)
+  _validate_eval(config)
   _validate_fast_paths(config)
 
 
@@ -73,6 +75,10 @@ def _validate_fast_paths(config):
     section, name = field.split('.')
     value = config[section][name]
     _require(isinstance(value, bool), field, value, 'must be True or False')
+
+
+def _validate_eval(config):
+  _choice(config, 'eval.fid_backend', FID_BACKENDS)
 
 
 def _validate_analysis(config):

@@ -72,7 +72,8 @@ def late_start_curve(config, workdir):
   a, d = config.analysis, config.data
   signature = dict(checkpoint_step=step, num_samples=a.late_start_samples, seed=config.seed)
   ref = eval_lib.load_reference(config)
-  inception = evaluation.load_inception(config.eval.inception_path, device)
+  inception = evaluation.load_inception(config.eval.inception_path, device,
+                                         backend=config.eval.fid_backend)
   moments = sampling.late_start_moments(config) if 'gls' in a.late_start_inits else None
   path = os.path.join(outdir, 'late_start.json')
   results, initialisers = io_util.load_json(path, {}), {}

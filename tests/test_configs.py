@@ -141,3 +141,9 @@ def test_help_lists_every_mode():
   assert enum.group(1).split('|') == modes  # --mode accepts exactly the table's modes
   for mode in modes:  # and every mode has its own help line
     assert re.search(rf'^\s+{mode}: \S', text, re.M), f'--help has no line for mode {mode}'
+
+
+def test_fid_backend_choices_match_the_backend_module():
+  import fid_backend
+  from configs import validation
+  assert validation.FID_BACKENDS == fid_backend.BACKENDS

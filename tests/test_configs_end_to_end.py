@@ -97,7 +97,10 @@ def scratch(tmp_path):
   at 64x64) that pytest would otherwise keep for three sessions."""
   yield tmp_path
   for child in tmp_path.iterdir():
-    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+    if child.is_dir():
+      shutil.rmtree(child, ignore_errors=True)
+    else:
+      child.unlink()
 
 
 def _small_run_config(module, tmp_path):

@@ -58,7 +58,7 @@ def test_feature_moments_needs_two_images(inception, golden):
 
 
 def test_weights_cached_after_conversion(inception, cache, monkeypatch):
-  files = sorted(os.listdir(cache))  # converted once, no temp file left; the sidecar records its SHA-256
+  files = sorted(f for f in os.listdir(cache) if not f.endswith('.onnx'))  # converted once, no temp file left; the sidecar records its SHA-256
   assert len(files) == 2 and files[0].endswith('.pth') and files[1] == files[0] + '.sha256.json'
   cached = torch.load(os.path.join(cache, files[0]), weights_only=True)
   converted = ev.convert_fid_helper_weights(ev.fid_helper_torchscript_path())
@@ -242,6 +242,12 @@ def test_onnx_backend_is_called_like_the_torch_net(inception_onnx, inception_tor
   assert (out[0] - ref).abs().max() <= 1e-4 * ref.abs().max()
   assert inception_onnx.state_dict().keys() == inception_torch.state_dict().keys()
   assert ev._model_device(inception_onnx).type == 'cpu'
+
+
+def test_onnx_export_cached_under_the_weights_hash(inception_onnx, cache):
+  path = fid_backend.onnx_cache_path(cache, ev.inception_weights_hash())  # the hash stats files record
+  assert [f for f in os.listdir(cache) if f.endswith('.onnx')] == [os.path.basename(path)]
+  assert not [f for f in os.listdir(cache) if f.endswith('.tmp')]
 
 
 def test_load_inception_without_fast_backend_falls_back(inception, monkeypatch, caplog):
