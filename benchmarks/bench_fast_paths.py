@@ -8,8 +8,9 @@ Workloads (each through the project's own code, so the flags act exactly as in t
   CIFAR-10 forward    models.utils.ema_eps_fn (the samplers' eps function), batch 8, eval mode;
   CIFAR-10 train step run_lib._train_step, batch 8.
 For each workload: eager fp32, then each flag alone, then the combination of the flags that were each at least
-3% faster alone ("best combination"). Time is the median of the timed calls after warm-up; 'first call' is
-the first call alone (for compile, the compilation). 'rel. diff' is |out - out_fp32| / |out_fp32| of the
+3% faster alone ("best combination"). The timed calls of the variants are interleaved (round-robin) so that
+load changes on a shared machine hit all alike; time is the median per variant; 'first call' is the first
+call alone (for compile, the compilation). 'rel. diff' is |out - out_fp32| / |out_fp32| of the
 eps output (forward) or of the loss after the same steps from the same init (training), so a row that changes
 results shows it.
 On CUDA the same workloads run again with larger batches, with TF32 as a training-only flag; without CUDA the
@@ -104,48 +105,56 @@ def _sync(device):
     torch.cuda.synchronize()
 
 
-def measure(make, flags, warmup, repeats, device):
-  """(first call s, median s per call, last output) of one variant; every variant makes the same calls, so the
-  last outputs compare (for training: the loss after 1 + warmup + repeats steps from the same init)."""
-  call = make(flags)
+def _timed(call, device):
   t0 = time.perf_counter()
-  call()
+  out = call()
   _sync(device)
-  first_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    call()
-  times = []
+  return time.perf_counter() - t0, out
+
+
+def interleaved(make, variants, warmup, repeats, device):
+  """{label: (first call s, median s per call, last output)} of ``variants`` ({label: flags}).
+
+  Each variant is built, called once (timed: for compile, the compilation) and warmed up; then the timed calls
+  go round-robin, one call of each variant per round, so a change of load on the shared machine hits every
+  variant alike. Every variant makes the same calls, so the last outputs compare (training: the loss after
+  1 + warmup + repeats steps from the same init).
+  """
+  calls, first = {}, {}
+  for label, flags in variants.items():
+    calls[label] = make(flags)
+    first[label] = _timed(calls[label], device)[0]
+    for _ in range(warmup):
+      calls[label]()
+  times, outs = {label: [] for label in variants}, {}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = call()
-    _sync(device)
-    times.append(time.perf_counter() - t0)
-  return first_s, statistics.median(times), out.detach().float().cpu()
+    for label, call in calls.items():
+      sec, outs[label] = _timed(call, device)
+      times[label].append(sec)
+  return {label: (first[label], statistics.median(times[label]), outs[label].detach().float().cpu())
+          for label in variants}
 
 
 def run_workload(name, make, flag_names, warmup, repeats, device, per_second=False):
-  """Rows (markdown) for eager fp32, each flag, and the best combination."""
-  base_first, base_s, base_out = measure(make, {}, warmup, repeats, device)
-  rows, winners = [('eager fp32', base_first, base_s, 0.0)], []
-  for flag in flag_names:
-    first, sec, out = measure(make, FLAGS[flag], warmup, repeats, device)
-    rows.append((flag, first, sec, float((out - base_out).norm() / base_out.norm())))
-    if base_s / sec >= GAIN:
-      winners.append(flag)
+  """Markdown rows: eager fp32 and each flag (interleaved), then the best combination against eager fp32
+  again (a second interleaved group); each ratio is against the eager fp32 of its own group."""
+  res = interleaved(make, {'eager fp32': {}, **{f: FLAGS[f] for f in flag_names}}, warmup, repeats, device)
+  base = res['eager fp32']
+  rows = [(label, *res[label], base) for label in res]
+  winners = [f for f in flag_names if base[1] / res[f][1] >= GAIN]
   if len(winners) >= 2:
-    combined = {k: v for flag in winners for k, v in FLAGS[flag].items()}
-    first, sec, out = measure(make, combined, warmup, repeats, device)
-    rows.append(('best: ' + ' + '.join(winners), first, sec, float((out - base_out).norm() / base_out.norm())))
-  else:
-    rows.append(('best combination', None, None, None))
+    label = 'best: ' + ' + '.join(winners)
+    combined = {k: v for f in winners for k, v in FLAGS[f].items()}
+    res = interleaved(make, {'eager fp32': {}, label: combined}, warmup, repeats, device)
+    rows.append((label, *res[label], res['eager fp32']))
   lines = []
-  for label, first, sec, diff in rows:
-    if sec is None:
-      lines.append(f'| {name} | {label} | fewer than two flags won alone: no combination to run | | | | |')
-      continue
+  for label, first, sec, out, (_, base_s, base_out) in rows:
     speed = f'{1 / sec:.2f} steps/s' if per_second else f'{sec * 1000:.0f} ms'
+    diff = float((out - base_out).norm() / base_out.norm())
     lines.append(f'| {name} | {label} | {speed} | {sec * 1000:.1f} ms | {base_s / sec:.2f}x | {first:.1f} s | '
                  f'{diff:.1e} |')
+  if len(winners) < 2:
+    lines.append(f'| {name} | best combination | fewer than two flags won alone: nothing to combine | | | | |')
   for line in lines:
     print(line, flush=True)
   return lines
@@ -162,10 +171,10 @@ def run_device(device, args):
   print('|---|---|---|---|---|---|---|')
   run_workload(f'digits train step (batch {b_digits})',
                lambda f: train_runner(digits.get_config, f, b_digits, device, args.smoke), train_flags,
-               *(reps or (3, 20)), device, per_second=True)
+               *(reps or (3, 15)), device, per_second=True)
   run_workload(f'CIFAR-10 forward (batch {b_fwd})',
                lambda f: forward_runner(cifar10.get_config, f, b_fwd, device, args.smoke), flags,
-               *(reps or (1, 3)), device)
+               *(reps or (1, 5)), device)
   run_workload(f'CIFAR-10 train step (batch {b_train})',
                lambda f: train_runner(cifar10.get_config, f, b_train, device, args.smoke), train_flags,
                *(reps or (1, 3)), device)
