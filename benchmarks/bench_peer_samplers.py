@@ -44,6 +44,7 @@ import rng  # noqa: E402
 import sampling  # noqa: E402
 from models import utils as mutils  # noqa: E402
 from sde_lib import DDPMSchedule  # noqa: E402
+from bench_samplers import Timed  # noqa: E402  (the same eps-call timer as the overhead benchmark)
 
 # (label, our method, our pndm variant or None, diffusers scheduler class name, its extra kwargs)
 PAIRS = [('DDIM eta=0 | DDIMScheduler', 'ddim', None, 'DDIMScheduler', {'clip_sample': False}),
@@ -80,20 +81,6 @@ def float64_eps_fn(model):
   def eps_fn(x, t):
     return net(x.double(), torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]))
   return eps_fn
-
-
-class Timed:
-  """Wraps eps_fn; counts calls and the seconds spent inside it."""
-
-  def __init__(self, fn):
-    self.fn, self.seconds, self.calls = fn, 0.0, 0
-
-  def __call__(self, x, t):
-    t0 = time.perf_counter()
-    out = self.fn(x, t)
-    self.seconds += time.perf_counter() - t0
-    self.calls += 1
-    return out
 
 
 def diffusers_scheduler(name, kwargs, schedule):

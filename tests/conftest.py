@@ -172,3 +172,11 @@ def write_imagenet64(root, n_per_batch, n_val, seed=0):
   np.savez_compressed(os.path.join(str(root), 'val_data.npz'), data=xv, labels=[int(v) for v in yv])
   return {'train': (np.concatenate(xs).reshape(-1, 3, 64, 64), np.concatenate(ys) - 1),
           'validation': (xv.reshape(-1, 3, 64, 64), yv - 1)}
+
+
+@pytest.fixture
+def umask022():
+  """Files are created under the usual umask 022 (the tests check their 0644 permissions)."""
+  old = os.umask(0o022)
+  yield
+  os.umask(old)

@@ -51,13 +51,6 @@ def _one_line_about(err, path, *words):
   assert all(w in msg for w in words), msg
 
 
-@pytest.fixture
-def umask022():
-  old = os.umask(0o022)
-  yield
-  os.umask(old)
-
-
 def _mode(path):
   return stat.S_IMODE(os.stat(path).st_mode)
 

@@ -10,13 +10,6 @@ import pytest
 import io_util
 
 
-@pytest.fixture
-def umask022():
-  old = os.umask(0o022)
-  yield
-  os.umask(old)
-
-
 def _mode(path):
   return stat.S_IMODE(os.stat(path).st_mode)
 
