@@ -246,7 +246,8 @@ def test_onnx_backend_is_called_like_the_torch_net(inception_onnx, inception_tor
 
 def test_onnx_export_cached_under_the_weights_hash(inception_onnx, cache):
   path = fid_backend.onnx_cache_path(cache, ev.inception_weights_hash())  # the hash stats files record
-  assert [f for f in os.listdir(cache) if f.endswith('.onnx')] == [os.path.basename(path)]
+  # other tests in this module may export graphs of other weights into the same cache: look for ours
+  assert os.path.basename(path) in os.listdir(cache)
   assert not [f for f in os.listdir(cache) if f.endswith('.tmp')]
 
 
