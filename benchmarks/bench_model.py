@@ -5,7 +5,9 @@
 (b) one eval-mode forward at batch 4 through models.utils.ema_eps_fn (the samplers' eps function),
     for the sampler-overhead numbers.
 
-  python benchmarks/bench_model.py [--variant ssb|score_sde] [--threads N] [--repeats 3]
+  python benchmarks/bench_model.py [--variant ssb|score_sde] [--threads N] [--repeats 3] [--smoke]
+
+--smoke: batch 1, one repeat (a run check, not a timing).
 """
 import argparse
 import os
@@ -18,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from configs.ddpm import cifar10  # noqa: E402
-from models import utils as mutils  # noqa: E402
+from models import ddpm, utils as mutils  # noqa: E402
 from models.ema import ExponentialMovingAverage  # noqa: E402
 from sde_lib import DDPMSchedule  # noqa: E402
 
@@ -53,12 +55,15 @@ def train_step_fn(model, optimizer, ema, schedule, batch_size, generator):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--variant', default='ssb', choices=mutils.VARIANTS)
+  parser.add_argument('--variant', default='ssb', choices=ddpm.VARIANTS)
   parser.add_argument('--threads', type=int, default=0, help='torch threads (0 = torch default)')
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--batch', type=int, default=8, help='training batch')
   parser.add_argument('--eval-batch', type=int, default=4)
+  parser.add_argument('--smoke', action='store_true', help='batch 1, one repeat: a run check, not a timing')
   args = parser.parse_args()
+  if args.smoke:
+    args.repeats, args.batch, args.eval_batch = 1, 1, 1
   if args.threads:
     torch.set_num_threads(args.threads)
   torch.manual_seed(0)

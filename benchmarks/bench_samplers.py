@@ -6,7 +6,9 @@
 (b) late-start cost: 50k gls draws at D = 3072 (random SPD covariance, full rank) against one
     network forward per sample (extrapolated from the measured per-sample forward time).
 
-  python benchmarks/bench_samplers.py [--stand-in] [--num-draws 50000]
+  python benchmarks/bench_samplers.py [--stand-in] [--num-draws 50000] [--smoke]
+
+--smoke: the stand-in net, 2 steps, batch 1, 100 draws at D = 48 (a run check, not a timing).
 
 Uses models.utils.create_model + ema_eps_fn when present; otherwise (or with --stand-in) a
 small conv stand-in, and says so (then the numbers in (b) are not the U-Net's).
@@ -84,12 +86,13 @@ def bench_overhead(eps_fn, schedule, batch=4, num_steps=10, repeats=3):
   return t_fwd / batch
 
 
-def bench_gls(schedule, per_sample_forward, num_draws=50000, dim=3072, batch=500):
+def bench_gls(schedule, per_sample_forward, num_draws=50000, shape=(3, 32, 32), batch=500):
+  dim = int(np.prod(shape))
   g = np.random.default_rng(0)
   a = g.standard_normal((dim, dim)) / np.sqrt(dim)
   cov = a @ a.T + 0.01 * np.eye(dim)
   t0 = time.perf_counter()
-  gls = GaussianLateStart.from_moments(schedule, 500, np.zeros(dim), cov, (3, 32, 32))
+  gls = GaussianLateStart.from_moments(schedule, 500, np.zeros(dim), cov, shape)
   t_eig = time.perf_counter() - t0
   gen = torch.Generator().manual_seed(0)
   t0 = time.perf_counter()
@@ -108,13 +111,18 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--stand-in', action='store_true', help='skip the U-Net, use a tiny conv net')
   p.add_argument('--num-draws', type=int, default=50000)
+  p.add_argument('--smoke', action='store_true', help='stand-in net, tiny sizes: a run check, not a timing')
   args = p.parse_args()
   torch.manual_seed(0)
-  eps_fn, desc = build_eps_fn(args.stand_in)
+  eps_fn, desc = build_eps_fn(args.stand_in or args.smoke)
   print(f'[bench] eps_fn: {desc}; torch threads {torch.get_num_threads()}')
+  size = dict(batch=1, num_steps=2, repeats=1) if args.smoke else {}
   with torch.inference_mode():
-    per_sample = bench_overhead(eps_fn, DDPMSchedule())
-    bench_gls(DDPMSchedule(), per_sample, args.num_draws)
+    per_sample = bench_overhead(eps_fn, DDPMSchedule(), **size)
+    if args.smoke:
+      bench_gls(DDPMSchedule(), per_sample, 100, shape=(3, 4, 4), batch=50)
+    else:
+      bench_gls(DDPMSchedule(), per_sample, args.num_draws)
 
 
 if __name__ == '__main__':

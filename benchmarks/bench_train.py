@@ -1,10 +1,11 @@
 """Training speed of a config through the real loop (run_lib.train): steps per second on this machine.
 
-  python benchmarks/bench_train.py [--config configs/ddpm/digits.py] [--steps 300]
+  python benchmarks/bench_train.py [--config configs/ddpm/digits.py] [--steps 300] [--smoke]
 
 Runs --steps steps in a temporary workdir with the config's batch size, logging, eval loss and preemption
 checkpoints as configured (snapshot sample grids off, so the number is the training loop alone), and
-reports the wall time of the steps after the first 20 (warm-up excluded).
+reports the wall time of the steps after the first 20 (warm-up excluded). --smoke: 3 steps after a 2-step
+warm-up, only to show the script runs (tests/test_benchmarks.py).
 """
 import argparse
 import importlib.util
@@ -15,7 +16,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+sys.path.insert(0, ROOT)
 
 import run_lib  # noqa: E402
 
@@ -38,17 +40,21 @@ def timed_train(config, steps, workdir):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default='configs/ddpm/digits.py')
+  parser.add_argument('--config', default=os.path.join(ROOT, 'configs', 'ddpm', 'digits.py'))
   parser.add_argument('--steps', type=int, default=300)
+  parser.add_argument('--smoke', action='store_true', help='3 steps after a 2-step warm-up (a run check, no timing)')
   args = parser.parse_args()
+  warm_steps = 2 if args.smoke else 20
+  if args.smoke:
+    args.steps = 3
   config = load_config(args.config)
   with tempfile.TemporaryDirectory() as tmp:
-    warm = timed_train(load_config(args.config), 20, os.path.join(tmp, 'warm'))
-    total = timed_train(config, args.steps + 20, os.path.join(tmp, 'run'))
+    warm = timed_train(load_config(args.config), warm_steps, os.path.join(tmp, 'warm'))
+    total = timed_train(config, args.steps + warm_steps, os.path.join(tmp, 'run'))
   per_step = (total - warm) / args.steps
   print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, config {args.config}, '
         f'batch {config.training.batch_size}')
-  print(f'{args.steps} steps after a 20-step warm-up: {per_step * 1000:.1f} ms/step, {1 / per_step:.2f} steps/s '
+  print(f'{args.steps} steps after a {warm_steps}-step warm-up: {per_step * 1000:.1f} ms/step, {1 / per_step:.2f} steps/s '
         f'(n_iters={load_config(args.config).training.n_iters} would take {load_config(args.config).training.n_iters * per_step:.0f} s)')
 
 

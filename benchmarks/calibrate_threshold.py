@@ -8,7 +8,7 @@ correlation), whose threshold is recalibrated by analysis/memorization.calibrate
 the digits are shuffled, positives are training digits plus Gaussian noise (std --noise_std, in [0, 1] units)
 against their clean selves, negatives are held-out digits against their nearest training digit; the threshold
 maximises balanced accuracy. DEFAULT_THRESHOLDS['pixels'] = 0.985 rounds the optima of seeds 0, 1, 2 down.
-Prints one line per seed and the range; --json writes the numbers.
+Prints one line per seed and the range; --json writes the numbers. --smoke: seed 0 only (a run check).
 """
 import argparse
 import json
@@ -40,7 +40,10 @@ def main():
   parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
   parser.add_argument('--num_train', type=int, default=1497, help='training digits; the rest are held out')
   parser.add_argument('--json', default='', help='write the per-seed numbers to this file')
+  parser.add_argument('--smoke', action='store_true', help='seed 0 only: a run check')
   args = parser.parse_args()
+  if args.smoke:
+    args.seeds = [0]
   rows = calibrate(args.feature_net, args.noise_std, args.seeds, args.num_train)
   for r in rows:
     print(f"seed {r['seed']}: threshold {r['threshold']:.4f}  balanced accuracy {r['balanced_accuracy']:.4f}  "
