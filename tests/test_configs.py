@@ -147,3 +147,9 @@ def test_fid_backend_choices_match_the_backend_module():
   import fid_backend
   from configs import validation
   assert validation.FID_BACKENDS == fid_backend.BACKENDS
+
+
+def test_model_variant_choices_match_the_model_module():
+  from configs import validation
+  from models import ddpm
+  assert validation.VARIANTS == ddpm.VARIANTS
