@@ -8,10 +8,10 @@ network on a probe batch, so a stale, corrupt or mis-exported file is rebuilt (o
 
 Backends: 'torch' (the pytorch-fid module itself; batched fp32 with TF32 off on CUDA), 'onnxruntime', and
 'auto' = onnxruntime on CPU, torch on CUDA. A missing or failing fast backend falls back to torch with a one-line
-warning. OpenVINO, as fast as onnxruntime here, is not offered: its CPU plugin (2026.4) leaves the main thread's
-signal alternate stack pointing at freed memory, so the next Python signal handler that runs (torch's DataLoader
-SIGCHLD handler, a preemption SIGTERM handler) kills the process with SIGSEGV (BENCHMARKS.md, "FID features";
-tests/test_evaluation.py::test_fast_backend_leaves_signal_handlers_working).
+warning. OpenVINO, as fast as onnxruntime here, is not offered: after OpenVINO 2026.4 fails to read a corrupt
+cached graph, the next Python signal handler that runs in the process (torch's DataLoader installs one for SIGCHLD)
+kills it with SIGSEGV, raised by the kernel while delivering the signal (its CPU plugin calls sigaltstack)
+(BENCHMARKS.md, "FID features"; tests/test_evaluation.py::test_fast_backend_leaves_signal_handlers_working).
 """
 import copy
 import io
