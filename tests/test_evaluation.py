@@ -330,18 +330,12 @@ def test_fast_backend_failure_falls_back_to_torch(tmp_path, monkeypatch, caplog)
 _SIGNAL_SCRIPT = """
 import gc, signal, subprocess, sys, tempfile
 import torch
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], sys.argv[3]]  # the repository, then tests/
 import fid_backend
+from test_evaluation import _TinyNet
 signal.signal(signal.SIGCHLD, lambda *a: None)  # as torch's DataLoader does when it has workers
-class Net(torch.nn.Module):  # called like pytorch-fid's module: a list with one (N,C,1,1) tensor
-  def __init__(self):
-    super().__init__()
-    self.conv = torch.nn.Conv2d(3, 8, 3)
-  def forward(self, x):
-    x = torch.nn.functional.interpolate(x, size=(16, 16), mode='bilinear', align_corners=False)
-    return [torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(2 * x - 1)), 1)]
 with tempfile.TemporaryDirectory() as d:
-  net = Net().eval()
+  net = _TinyNet(0).eval()
   fast = fid_backend.build(net, sys.argv[1], d, 'cd' * 32)
   fast.features(torch.rand(4, 3, 20, 20))
   fid_backend.build(net, sys.argv[1], d, 'cd' * 32)  # reused from the cache
@@ -361,8 +355,9 @@ def test_fast_backend_leaves_signal_handlers_working(backend, tmp_path):
   # OpenVINO 2026.4 failed this (exit -11): after it fails to read the corrupt file, the next Python signal
   # handler segfaults the process; that is why it is not a backend (fid_backend.py).
   pytest.importorskip(backend)
-  proc = subprocess.run([sys.executable, '-c', _SIGNAL_SCRIPT, backend, os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__)))], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  tests = os.path.dirname(os.path.abspath(__file__))
+  proc = subprocess.run([sys.executable, '-c', _SIGNAL_SCRIPT, backend, os.path.dirname(tests), tests],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and 'signals ok' in proc.stdout, (proc.returncode, proc.stderr[-2000:])
 
 
