@@ -192,7 +192,12 @@ def evaluate(config, workdir):
 
 
 def main_job(config, workdir):
-  """--mode=all, the main job: train, then fid_stats (if missing), then the eval sweep; prints the table."""
+  """--mode=all, the main job: train, then fid_stats (if missing), then the eval sweep; prints the table.
+  The folders the later stages write in are checked before training."""
+  if dist_util.is_main():
+    wd.ensure_writable(wd.eval_dir(workdir), 'the eval output folder')
+    if not os.path.exists(wd.fid_stats_path(config)):
+      wd.ensure_writable(os.path.dirname(os.path.abspath(wd.fid_stats_path(config))), 'sampling.stats_dir')
   run_lib.train(config, workdir)
   if not os.path.exists(wd.fid_stats_path(config)):  # under torchrun every rank: the feature pass is sharded
     fid_stats(config, workdir)

@@ -126,9 +126,7 @@ def _train_step(config, model, ema, optimizer, schedule, batch, step):
     loss = losses.ddpm_loss(model, schedule, batch, gen, **rows)
   global_loss = dist_util.mean_over_ranks(loss)  # the global batch's loss: a NaN on one rank stops every rank
   if not torch.isfinite(global_loss):
-    raise FloatingPointError(
-        f'training loss is {global_loss.item()} at step {step}: stopping. The last good checkpoint is kept on disk and '
-        'the run resumes from it; lower --config.optim.lr or check the data before resuming.')
+    raise FloatingPointError(f'training loss is {global_loss.item()} at step {step}: stopping.')
   optimizer.zero_grad(set_to_none=True)
   loss.backward()
   grad_norm, lr = losses.optimization_step(config, optimizer, model.parameters(), step)
@@ -154,9 +152,17 @@ def _check_finite(model, ema, step):
   tensors = list(model.parameters()) + list(ema.shadow_params)
   if not all(bool(torch.isfinite(t).all()) for t in tensors):
     raise FloatingPointError(
-        f'the weights became non-finite at step {step} (the loss was still finite): stopping without saving them. '
-        'The last checkpoint on disk holds finite weights and the run resumes from it; lower --config.optim.lr '
-        '(or raise optim.warmup / lower optim.grad_clip) before resuming.')
+        f'the weights became non-finite at step {step} (the loss was still finite): stopping without saving them.')
+
+
+def _resume_advice(saved_step):
+  """What a diverged run leaves behind and what to do, true to the workdir: ``saved_step`` is the step of the
+  newest checkpoint on disk (all of them finite: non-finite weights are never saved), 0 when there is none."""
+  fix = 'lower --config.optim.lr (or raise optim.warmup / lower optim.grad_clip) or check the data'
+  if saved_step:
+    return (f'The last good checkpoint (step {saved_step}) is kept on disk and the next run resumes from it; '
+            f'{fix} before resuming.')
+  return f'No checkpoint was written yet, so the next run starts from step 0; {fix} first.'
 
 
 def _save(workdir, config, model, ema, optimizer, step, meta_only):
@@ -177,6 +183,7 @@ def _start(config, workdir, device):
   if dist_util.is_main():
     wd.ensure_writable(workdir)
     for folder in (wd.checkpoint_dir(workdir), wd.meta_dir(workdir)):
+      wd.ensure_writable(folder, 'the checkpoint folder')  # before any step, not at the first save
       for path in io_util.remove_stale_tmp(folder):
         logging.warning('removed %s, left by a checkpoint write that was killed', path)
   dist_util.barrier()
@@ -248,6 +255,7 @@ def _train(config, workdir):
   from torch.utils.tensorboard import SummaryWriter
   writer = SummaryWriter(wd.tensorboard_dir(workdir)) if main else None
   pbar = tqdm(total=n_iters, initial=step, desc='train', dynamic_ncols=True, disable=not main)
+  saved = step  # the newest checkpoint on disk (0: none yet)
   try:
     while step < n_iters:
       flip_gen = torch.Generator().manual_seed(rng.sample_seed(config.seed + 4, step))
@@ -266,10 +274,13 @@ def _train(config, workdir):
       if snapshot or step % tc.snapshot_freq_for_preemption == 0:
         _check_finite(model, ema, step)
         _save(workdir, config, model, ema, optimizer, step, meta_only=not snapshot)
+        saved = step
       if snapshot and tc.snapshot_sampling:  # every rank: generate() shares the samples out and gathers them
         path = snapshot_grid(config, workdir, model, ema, schedule, step, device)
         if main:
           writer.add_image('samples', _read_png(path), step, dataformats='HWC')
+  except FloatingPointError as err:  # a diverged run: say what is on disk and what to do
+    raise FloatingPointError(f'{err} {_resume_advice(saved)}') from None
   finally:
     pbar.close()
     if writer is not None:

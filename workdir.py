@@ -141,8 +141,11 @@ class WorkdirLock:
   """Exclusive lock on one kind of work (``name``: train, eval, ...) in a workdir; a second run of that kind is
   refused with the holder's PID and command.
 
-  The lock is a file ``WORKDIR/.lock_{name}`` created with O_EXCL holding the owner's PID and command; a lock whose
-  process is gone (killed run) is stale and taken over. Use as a context manager; released on exit.
+  The lock is a file ``WORKDIR/.lock_{name}`` holding the owner's PID and command. It is written in full to a
+  temporary file first and then hard-linked to its name (the link fails if the name exists), so a lock file never
+  appears without its PID. A lock whose process is gone (killed run) is stale and taken over; a lock file without
+  a readable PID (another run creating it on a file system without hard links, or a damaged file) is never taken
+  over: the run is refused and the message says what to do. Use as a context manager; released on exit.
   """
 
   def __init__(self, workdir, name='train'):
@@ -150,30 +153,64 @@ class WorkdirLock:
     self.held = False
 
   def acquire(self):
+    for _ in range(3):
+      if self._create():
+        self.held = True
+        return self
+      pid, cmd = self._owner()
+      if pid is None:
+        raise InputError(f'the workdir lock {self.path} exists but names no process (another run may be starting '
+                         f'in {os.path.dirname(self.path)}): retry in a moment; delete {self.path} only if no run '
+                         'uses this workdir')
+      if pid != os.getpid() and _pid_alive(pid):
+        raise InputError(f'{os.path.dirname(self.path)} is in use by process {pid} ({cmd}); wait for it to '
+                         f'finish or use another --workdir (delete {self.path} only if that process is gone)')
+      self._remove_stale(pid)
+    raise InputError(f'could not take the workdir lock {self.path}; another run may be starting there')
+
+  def _create(self):
+    """Creates the lock file with this process's PID and command, atomically; False when it already exists."""
     import sys
-    for _ in range(2):
+    text = f'{os.getpid()}\n{" ".join(sys.argv)[:200]}\n'
+    tmp = f'{self.path}.{os.getpid()}.tmp'
+    with open(tmp, 'w') as f:
+      f.write(text)
+    try:
+      os.link(tmp, self.path)
+    except FileExistsError:
+      return False
+    except OSError:  # no hard links on this file system: O_EXCL (the file is empty until the write below)
       try:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
-        pid, cmd = self._owner()
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
-          raise InputError(f'{os.path.dirname(self.path)} is in use by process {pid} ({cmd}); wait for it to '
-                           f'finish or use another --workdir (delete {self.path} only if that process is gone)')
-        logging.warning('removing stale workdir lock %s (process %s is gone)', self.path, pid)
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
-        continue
+        return False
       with os.fdopen(fd, 'w') as f:
-        f.write(f'{os.getpid()}\n{" ".join(sys.argv)[:200]}\n')
-      self.held = True
-      return self
-    raise InputError(f'could not take the workdir lock {self.path}; another run may be starting there')
+        f.write(text)
+    finally:
+      os.remove(tmp)
+    return True
 
-  def _owner(self):
+  def _remove_stale(self, pid):
+    """Removes the lock of the dead process ``pid``: renamed aside first, so that a lock another run took over
+    in the meantime is put back instead of deleted."""
+    aside = f'{self.path}.{os.getpid()}.stale'
     try:
-      with open(self.path) as f:
+      os.rename(self.path, aside)
+    except FileNotFoundError:  # another run removed it first
+      return
+    if self._owner(aside)[0] == pid:
+      logging.warning('removed stale workdir lock %s (process %s is gone)', self.path, pid)
+    else:  # a fresh lock of another run: put it back (unless a third run got there first)
+      try:
+        os.link(aside, self.path)
+      except OSError:
+        pass
+    os.remove(aside)
+
+  def _owner(self, path=None):
+    """(PID, command) written in the lock file; (None, '?') when it is missing, empty or unreadable."""
+    try:
+      with open(path or self.path) as f:
         lines = f.read().splitlines()
       return int(lines[0]), (lines[1] if len(lines) > 1 else '?')
     except (OSError, ValueError, IndexError):

@@ -12,6 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import io_util
+from errors import InputError
+
 
 class SmallCNN(nn.Module):
   """Two conv blocks + linear head. Input (N, num_channels, image_size, image_size) in [0,1] -> logits (N, K)."""
@@ -91,11 +94,9 @@ def train_classifier(images, labels, images_test, labels_test, epochs: int = 20,
 
 def save_classifier(model, path: str):
   """Saves as TorchScript (so load_classifier needs no class definition); parent dirs are created."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   model.eval()
-  tmp = path + '.tmp'
-  torch.jit.save(torch.jit.script(model), tmp)
-  os.replace(tmp, path)  # atomic: never a half-written classifier
+  scripted = torch.jit.script(model)
+  io_util.atomic_write(path, lambda f: torch.jit.save(scripted, f))  # never a half-written classifier, mode 0644
 
 
 def load_classifier(path: str, device='cpu'):
@@ -107,7 +108,8 @@ def load_classifier(path: str, device='cpu'):
   try:
     model = torch.jit.load(path, map_location=device)
   except RuntimeError as e:
-    raise ValueError(f'{path} is not a TorchScript file ({e}); save it with torch.jit.save') from e
+    raise InputError(f'classifier file {path} is not a TorchScript file ({e}); point '
+                     '--config.analysis.classifier_path at one saved with torch.jit.save, or leave it empty') from e
   return model.eval()
 
 

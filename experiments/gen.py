@@ -89,6 +89,7 @@ def mem_score(config, workdir):
   """--mode=mem_score: memorization / generalization / kNN-ratio scores of any samples file
   (config.analysis.samples_file: npz with key 'samples', (N, C, H, W) in [0, 1]) against the config's training
   split. Writes analysis/mem_score_{file name}.json and prints it."""
+  outdir = wd.ensure_writable(wd.analysis_dir(workdir), 'the analysis output folder')
   a = config.analysis
   if not a.samples_file or not os.path.isfile(a.samples_file):
     raise FileNotFoundError(f'config.analysis.samples_file={a.samples_file!r} is not a file: pass an npz written by '
@@ -109,7 +110,7 @@ def mem_score(config, workdir):
              feature_net=a.feature_net, threshold=float(threshold), mem_score=mem['mem'], gen_score=mem['gen'],
              knn_mem=mem_lib.knn_ratio_memorization(samples, train_imgs)['mem'])
   name = os.path.splitext(os.path.basename(a.samples_file))[0]
-  io_util.save_json(out, os.path.join(wd.analysis_dir(workdir), f'mem_score_{name}.json'))
+  io_util.save_json(out, os.path.join(outdir, f'mem_score_{name}.json'))
   print(json.dumps(out, indent=1))
   return out
 

@@ -108,6 +108,7 @@ def predicted_tc(config, workdir):
   """The data-only t_c (the largest t at which the generative drift's Jacobian at the noised data mean gets a
   positive eigenvalue: the flow there stops contracting; docs/ssb.md), beside the FID-optimal t_c of the eval
   sweep where one exists. Writes analysis/predicted_tc.json."""
+  outdir = wd.ensure_writable(wd.analysis_dir(workdir), 'the analysis output folder')
   schedule = sde_lib.DDPMSchedule.from_config(config)
   images, _ = datasets.load_arrays(config, 'train')
   data = datasets.get_data_scaler(config)(images).reshape(len(images), -1).double().numpy()
@@ -118,7 +119,7 @@ def predicted_tc(config, workdir):
   if results:
     best = tables.best_cells(list(results.values()))
     out['fid_optimal_tc'] = {f'{m}_n{n}': r['t_start'] for (m, n, init), r in sorted(best.items()) if init == 'gls'}
-  io_util.save_json(out, os.path.join(wd.analysis_dir(workdir), 'predicted_tc.json'))
+  io_util.save_json(out, os.path.join(outdir, 'predicted_tc.json'))
   print(json.dumps(out, indent=1))
   return out
 

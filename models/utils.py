@@ -101,7 +101,7 @@ def _mismatch(state, own):
 
 
 def _other_variant_hint(state, model):
-  """' set --config.model.variant=X' if the checkpoint fits the other DDPM variant, else ''."""
+  """' This checkpoint fits model.variant=X: ...' if it fits the other DDPM variant, else ''."""
   config = getattr(model, '_config', None)
   if config is None or config.model.name != 'ddpm':
     return ''
@@ -113,8 +113,7 @@ def _other_variant_hint(state, model):
     other_model = get_model('ddpm')(config)
   other_state = _model_state(state, other_model)
   if not any(_mismatch(other_state, other_model.state_dict())):
-    return (f' The checkpoint fits the {other!r} variant of the model: '
-            f'set --config.model.variant={other}.')
+    return f' This checkpoint fits model.variant={other}: set --config.model.variant={other}.'
   return ''
 
 

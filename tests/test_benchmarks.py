@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import HANG_GUARD_S
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmarks')
 
@@ -46,7 +48,7 @@ def test_benchmark_smoke(script, tmp_path):
     pytest.importorskip('diffusers')
   env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONDONTWRITEBYTECODE='1')
   proc = subprocess.run([sys.executable, os.path.join(BENCH, script), '--smoke'], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=HANG_GUARD_S)
   assert proc.returncode == 0, f'{script} --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
   assert expected is None or expected in proc.stdout, proc.stdout
   assert os.listdir(tmp_path) == []

@@ -1,10 +1,13 @@
 """Class-composition diversity tool: composition maths, training on sklearn digits, save/load, plot."""
+import os
+
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from analysis import classifier as clf
+from errors import InputError
 
 
 class FixedLogits(nn.Module):
@@ -65,10 +68,11 @@ def test_training_on_digits_is_accurate(digits_model):
   assert isinstance(model, clf.SmallCNN) and not model.training
 
 
-def test_save_load_round_trip(digits_model, tmp_path):
+def test_save_load_round_trip(digits_model, tmp_path, umask022):
   model, acc, x_test, y_test = digits_model
   path = str(tmp_path / 'sub' / 'classifier.pt')
   clf.save_classifier(model, path)
+  assert os.listdir(tmp_path / 'sub') == ['classifier.pt'] and os.stat(path).st_mode & 0o777 == 0o644
   loaded = clf.load_classifier(path)
   torch.testing.assert_close(clf.predict_logits(loaded, x_test), clf.predict_logits(model, x_test))
   assert clf.accuracy(loaded, x_test, y_test) == pytest.approx(acc)
@@ -76,7 +80,7 @@ def test_save_load_round_trip(digits_model, tmp_path):
     clf.load_classifier(str(tmp_path / 'missing.pt'))
   bad = tmp_path / 'bad.pt'
   bad.write_bytes(b'not a model')
-  with pytest.raises(ValueError, match='TorchScript'):
+  with pytest.raises(InputError, match='bad.pt is not a TorchScript file.*classifier_path'):
     clf.load_classifier(str(bad))
 
 

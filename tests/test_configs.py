@@ -11,7 +11,7 @@ import torch
 
 import datasets
 from configs.validation import ConfigError, check_override_fields, validate_config
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 from models import utils as mutils
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', 'ddpm', '*.py'))
@@ -111,7 +111,8 @@ def test_unknown_override_field_lists_known_fields():
 
 
 def _main(*args):
-  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=HANG_GUARD_S)
 
 
 def test_cli_rejects_unknown_field_and_bad_value(tmp_path):
@@ -125,7 +126,8 @@ def test_cli_rejects_unknown_field_and_bad_value(tmp_path):
 def _mode_table():
   """Mode names from main.py's table: main.MODES (mode -> (help, function)) or, before it, main.MODE_HELP."""
   code = "import main; print(' '.join(getattr(main, 'MODES', None) or main.MODE_HELP))"
-  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=HANG_GUARD_S)
   assert out.returncode == 0, out.stderr
   return out.stdout.split()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dist_util
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 SAMPLE_SCRIPT = '''
 import sys
@@ -36,7 +36,7 @@ def _torchrun(nproc, args, tmp_path):
   cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}'] + args
   env = dict(os.environ, OMP_NUM_THREADS='1')
   # The timeout only guards against a hang; a loaded machine must not fail the test.
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
 
 
 def test_single_process_is_a_no_op():

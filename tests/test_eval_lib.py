@@ -86,10 +86,18 @@ def test_changed_cells_are_recomputed_not_reused(trained, monkeypatch):
   config.seed = 7
   eval_lib.evaluate(config, workdir)
   assert calls == ['ddim_n3_normal_tc999_late_start'] * 2
+  stats = wd.fid_stats_path(config)  # the reference statistics are rewritten (same data and weights)
+  with np.load(stats) as f:
+    fields = dict(f)
+  fields['mu'] = fields['mu'] + 1e-3
+  np.savez(stats, **fields)
+  eval_lib.evaluate(config, workdir)
+  assert calls == ['ddim_n3_normal_tc999_late_start'] * 3
   config.training.n_iters = 25  # train further: a new checkpoint step makes the cell stale
   run_lib.train(config, workdir)
   record = eval_lib.evaluate(config, workdir)['ddim_n3_normal_tc999_late_start']
-  assert len(calls) == 3 and record['checkpoint_step'] == 25
+  assert len(calls) == 4 and record['checkpoint_step'] == 25
+  assert 'checkpoint step [25]' in open(os.path.join(workdir, 'eval', 'results.md')).read()
 
 
 def test_missing_or_mismatched_stats_is_a_clear_error(trained, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import evaluation as ev
+from conftest import HANG_GUARD_S
 
 
 @pytest.fixture(scope='module')
@@ -357,7 +358,7 @@ def test_fast_backend_leaves_signal_handlers_working(backend, tmp_path):
   pytest.importorskip(backend)
   tests = os.path.dirname(os.path.abspath(__file__))
   proc = subprocess.run([sys.executable, '-c', _SIGNAL_SCRIPT, backend, os.path.dirname(tests), tests],
-                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                        cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
   assert proc.returncode == 0 and 'signals ok' in proc.stdout, (proc.returncode, proc.stderr[-2000:])
 
 

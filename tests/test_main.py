@@ -17,11 +17,10 @@ import main
 import run_lib
 import workdir as wd
 from configs.validation import ConfigError
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 from errors import InputError
 from test_workdir import dead_pid, unwritable_folder  # noqa: F401 (a fixture)
 
-HANG_GUARD_S = 1800
 TINY = ['--config.model.nf=32', '--config.model.num_res_blocks=1', '--config.training.batch_size=16',
         '--config.training.n_iters=2', '--config.training.snapshot_freq=2',
         '--config.training.snapshot_freq_for_preemption=2', '--config.training.snapshot_sampling=False',
@@ -65,6 +64,61 @@ def test_sample_checks_its_output_before_loading_weights_or_sampling(tmp_path):
   out = tmp_path / 'file' / 'samples' / 'x.npz'
   _one_line_error(_main(tmp_path / 'w', 'sample', f'--sample_out={out}'), 'sample output folder',
                   str(tmp_path / 'file' / 'samples'), 'not writable')
+
+
+@pytest.mark.parametrize('mode', sorted(main.MODES))
+def test_every_mode_checks_its_output_folder_before_any_work(tiny_config, tmp_path, monkeypatch, mode):
+  """Every output location is a regular file (the workdir's checkpoint, eval and analysis folders, the stats
+  folder, --sample_out's folder): each mode stops with an InputError naming it before it loads data, weights or
+  networks, so no expensive work is lost at the end."""
+  import datasets
+  import evaluation
+  import sampling
+  from analysis import memorization as mem_lib
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  for name in ('checkpoints', 'checkpoints-meta', 'eval', 'analysis'):
+    (workdir / name).write_text('a file, not a folder')
+  blocked = tmp_path / 'file'
+  blocked.write_text('a file, not a folder')
+  tiny_config.sampling.stats_dir = str(blocked / 'stats')
+  for module, name in ((sampling, 'load_eps_fn'), (sampling, 'load_ema_module'), (datasets, 'get_dataset'),
+                       (datasets, 'load_arrays'), (datasets, 'model_batches'), (run_lib, 'build_state'),
+                       (evaluation, 'load_inception'), (mem_lib, 'load_feature_net')):
+    monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f'--mode={mode} called {_name} '
+                                                                               'before checking its output'))
+  kwargs = {'sample_out': str(blocked / 'samples' / 'x.npz')} if mode == 'sample' else {}
+  with pytest.raises(InputError, match='is a file, not a folder|is not writable') as err:
+    main.run_mode(mode, tiny_config, str(workdir), **kwargs)
+  assert str(tmp_path) in str(err.value) and '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('fault', ['other_variant', 'unreadable'])
+@pytest.mark.parametrize('mode', ['sample', 'eval'])
+def test_sample_and_eval_refuse_to_run_without_trained_weights(tiny_config, tmp_path, monkeypatch, mode, fault):
+  """With the default sampling.checkpoint=-1, a workdir whose checkpoints fit the other U-Net variant (or are all
+  unreadable) stops --mode=sample / --mode=eval with the CheckpointError naming the cause; nothing is sampled
+  from random weights and no output is written."""
+  import eval_lib
+  import sampling
+  from models import utils as mutils
+  workdir = tmp_path / 'w'
+  tiny_config.training.n_iters = tiny_config.training.snapshot_freq = 2
+  tiny_config.training.snapshot_sampling = False
+  run_lib.train(tiny_config, str(workdir))
+  if fault == 'other_variant':
+    tiny_config.model.variant, match = 'score_sde', 'This checkpoint fits model.variant=ssb'
+  else:
+    for path in workdir.glob('checkpoints*/*.pth'):
+      path.write_bytes(b'a damaged file')
+    match = 'none of the 2 checkpoint file.*corrupt or truncated'
+  tiny_config.eval.t_starts = ()
+  monkeypatch.setattr(eval_lib, 'load_reference', lambda config: {})  # reach the weights without FID statistics
+  monkeypatch.setattr(sampling, 'generate', lambda *a, **k: pytest.fail('sampled without trained weights'))
+  with pytest.raises(mutils.CheckpointError, match=match) as err:
+    main.run_mode(mode, tiny_config, str(workdir))
+  assert '\n' not in str(err.value)
+  assert not list(workdir.glob('samples/*')) and not list(workdir.glob('eval/*'))  # the folders only (checked)
 
 
 # ------------------------------------------------------------------------------------------ validation first

@@ -8,6 +8,8 @@ import os
 import nbformat
 from nbclient import NotebookClient
 
+from conftest import HANG_GUARD_S
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'notebooks', '1d_example.ipynb')
 FIGURES = ['potential_three_times.png', 'curvature.png', 'bifurcation.png', 'trajectories.png',
@@ -19,7 +21,7 @@ def test_1d_notebook_runs_and_saves_figures(monkeypatch, tmp_path):
   figures_dir = tmp_path / 'figures'
   monkeypatch.setenv('SSB_FIGURES_DIR', str(figures_dir))  # the kernel inherits this environment
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  client = NotebookClient(nb, timeout=300, kernel_name='python3',
+  client = NotebookClient(nb, timeout=HANG_GUARD_S, kernel_name='python3',
                           resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}})
   client.execute()  # raises CellExecutionError on any failing cell
   text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []))

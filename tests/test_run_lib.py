@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import run_lib
+import sampling
 from models import utils as mutils
 from conftest import ROOT
 
@@ -136,7 +137,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tiny_config, 
     return loss * float('nan') if generator.initial_seed() == rng.sample_seed(tiny_config.seed, 12) else loss
 
   monkeypatch.setattr(losses, 'ddpm_loss', flaky)
-  with pytest.raises(FloatingPointError, match='loss is nan at step 12.*last good checkpoint'):
+  with pytest.raises(FloatingPointError, match=r'loss is nan at step 12.*last good checkpoint \(step 10\) is kept'):
     run_lib.train(tiny_config, workdir)
   step, model, _ = _weights(os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth'))
   assert step == 10 and all(torch.isfinite(v).all() for v in model.values())
@@ -152,9 +153,30 @@ def test_non_finite_weights_are_never_saved(tiny_config, tmp_path):
   with pytest.raises(FloatingPointError) as err:
     run_lib.train(tiny_config, workdir)
   assert 'weights became non-finite at step 1' in str(err.value) and 'lower --config.optim.lr' in str(err.value)
+  assert 'No checkpoint was written yet, so the next run starts from step 0' in str(err.value)  # true: none
   for path in glob.glob(os.path.join(workdir, 'checkpoints*', '*.pth')):
     _, model, ema = _weights(path)
     assert all(torch.isfinite(v).all() for v in model.values()) and all(torch.isfinite(v).all() for v in ema)
+
+
+def test_a_diverged_run_keeps_a_finite_checkpoint_that_samples(tiny_config, tmp_path):
+  """A huge learning rate (1e6) after 10 good steps: the error names the kept checkpoint, every file on disk holds
+  finite weights, and sampling from the workdir (as the advice says) uses that checkpoint and gives no NaN."""
+  workdir = str(tmp_path / 'run')
+  tiny_config.training.snapshot_sampling = False
+  tiny_config.training.n_iters = 10
+  run_lib.train(tiny_config, workdir)
+  tiny_config.training.n_iters = 20
+  tiny_config.optim.lr, tiny_config.optim.warmup = 1e6, 0
+  with pytest.raises(FloatingPointError, match=r'The last good checkpoint \(step 10\) is kept on disk'):
+    run_lib.train(tiny_config, workdir)
+  for path in glob.glob(os.path.join(workdir, 'checkpoints*', '*.pth')):
+    step, model, ema = _weights(path)
+    assert step == 10 and all(torch.isfinite(v).all() for v in model.values())
+    assert all(torch.isfinite(v).all() for v in ema)
+  out = sampling.sample(tiny_config, workdir, sample_out=str(tmp_path / 'samples.npz'))
+  with np.load(out) as f:
+    assert int(f['step']) == 10 and np.isfinite(f['samples']).all()
 
 
 def test_stale_tmp_files_of_a_killed_write_are_removed(tiny_config, tmp_path):

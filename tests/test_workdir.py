@@ -148,3 +148,41 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
       assert int(open(path).read().split()[0]) == os.getpid()
   assert f'process {pid} is gone' in caplog.text
   assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize('content', ['', 'garbage\n'])
+def test_a_lock_file_without_a_pid_is_refused_not_taken_over(tmp_path, content):
+  """An empty lock file is another run between creating it and writing its PID (O_EXCL on a file system without
+  hard links): it must not be called stale and removed."""
+  path = _lock_file(str(tmp_path))
+  with open(path, 'w') as f:
+    f.write(content)
+  with pytest.raises(InputError, match='names no process') as err:
+    wd.WorkdirLock(str(tmp_path), 'train').acquire()
+  assert path in str(err.value) and '\n' not in str(err.value)
+  assert open(path).read() == content and os.listdir(tmp_path) == ['.lock_train']
+
+
+def test_a_lock_file_never_appears_without_its_pid(tmp_path, monkeypatch):
+  """The PID is written before the lock file gets its name (hard link of a complete temporary file)."""
+  path = _lock_file(str(tmp_path))
+  real_link, seen = os.link, []
+
+  def link(src, dst):
+    seen.append(open(src).read())
+    real_link(src, dst)
+
+  monkeypatch.setattr(os, 'link', link)
+  with wd.WorkdirLock(str(tmp_path), 'train'):
+    assert seen and int(seen[0].split()[0]) == os.getpid() == int(open(path).read().split()[0])
+    assert os.listdir(tmp_path) == ['.lock_train']  # the temporary file is gone
+
+
+def test_taking_over_a_stale_lock_never_removes_a_fresh_one(tmp_path):
+  """Between reading a dead PID and removing its lock, another run may have replaced it with its own lock: that
+  one (here PID 1, alive) is put back, not deleted."""
+  path = _lock_file(str(tmp_path))
+  with open(path, 'w') as f:
+    f.write('1\nthe other run\n')
+  wd.WorkdirLock(str(tmp_path), 'train')._remove_stale(dead_pid())
+  assert open(path).read() == '1\nthe other run\n' and os.listdir(tmp_path) == ['.lock_train']

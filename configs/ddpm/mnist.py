@@ -9,7 +9,8 @@ def get_config():
   config.data.root = 'data/mnist'
   config.data.image_size = 28
   config.data.num_channels = 1
-  # Digits are not mirror-symmetric, but the score_sde / SSB MNIST config flips (random_flip=True, the default) and
+  # Digits are not mirror-symmetric, but the score_sde / SSB MNIST config flips (random_flip=True, the default; the
+  # SSB repository's configs/default_mnist_configs.py sets data.random_flip = True) and
   # this config reproduces the paper's Table-1 MNIST model, so it flips too for comparability. The small
   # CPU configs (digits, mnist5k) do not flip.
   config.data.random_flip = True
