@@ -52,6 +52,7 @@ def get_default_configs():
   model.conditional = True
   model.nonlinearity = 'swish'
   model.normalization = 'GroupNorm'
+  model.num_groups = 32  # GroupNorm groups (published models: 32); nf / num_groups = channels per group
   model.scale_by_sigma = False
   model.ema_rate = 0.9999
   model.num_scales = 1000  # T

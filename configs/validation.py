@@ -54,8 +54,10 @@ def validate_config(config):
   _require(config.data.image_size % factor == 0, 'data.image_size', config.data.image_size,
            f'must be divisible by 2**(len(model.ch_mult)-1) = {factor} (the U-Net downsamples '
            f'{levels - 1} times); change data.image_size or model.ch_mult')
-  _require(config.model.nf % 32 == 0, 'model.nf', config.model.nf,
-           'must be a multiple of 32 (GroupNorm uses 32 groups)')
+  groups = config.model.get('num_groups', 32)
+  _require(isinstance(groups, int) and groups >= 1, 'model.num_groups', groups, 'must be a positive int')
+  _require(config.model.nf % groups == 0, 'model.nf', config.model.nf,
+           f'must be a multiple of model.num_groups = {groups} (the GroupNorm group count)')
   _require(0.0 <= config.model.dropout < 1.0, 'model.dropout', config.model.dropout, 'must be in [0, 1)')
   _require(0.0 <= config.model.ema_rate < 1.0, 'model.ema_rate', config.model.ema_rate, 'must be in [0, 1)')
   _require(0 < config.model.beta_min < config.model.beta_max, 'model.beta_min', config.model.beta_min,
@@ -83,8 +85,9 @@ def _validate_eval(config):
 
 def _validate_analysis(config):
   a = config.analysis
-  _require(a.rp_model_b_nf >= 32 and a.rp_model_b_nf % 32 == 0, 'analysis.rp_model_b_nf', a.rp_model_b_nf,
-           'must be a positive multiple of 32 (GroupNorm uses 32 groups)')
+  groups = config.model.get('num_groups', 32)
+  _require(a.rp_model_b_nf >= groups and a.rp_model_b_nf % groups == 0, 'analysis.rp_model_b_nf',
+           a.rp_model_b_nf, f'must be a positive multiple of model.num_groups = {groups} (the GroupNorm group count)')
   _require(a.diversity_num_samples >= 2, 'analysis.diversity_num_samples', a.diversity_num_samples, 'must be >= 2')
   for m in a.diversity_methods:
     _require(m in METHODS, 'analysis.diversity_methods', tuple(a.diversity_methods), f'{m!r} is not one of {METHODS}')

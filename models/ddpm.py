@@ -45,8 +45,10 @@ def check_model_config(config):
   if config.data.image_size < 1 or config.data.image_size % factor:
     raise InputError(f'config.data.image_size={config.data.image_size} must be divisible by '
                      f'2**(len(config.model.ch_mult)-1)={factor}; change image_size or ch_mult')
-  if m.nf % 32 or m.nf < 32:
-    raise InputError(f'config.model.nf={m.nf} must be a positive multiple of 32 (GroupNorm uses 32 groups)')
+  groups = m.get('num_groups', 32)
+  if groups < 1 or m.nf < groups or m.nf % groups:
+    raise InputError(f'config.model.nf={m.nf} must be a positive multiple of config.model.num_groups={groups} '
+                     '(the GroupNorm group count)')
   if m.num_res_blocks < 1:
     raise InputError(f'config.model.num_res_blocks={m.num_res_blocks} must be >= 1')
   if not 0.0 <= m.dropout < 1.0:
@@ -78,9 +80,13 @@ class DDPM(nn.Module):
       raise ValueError('config.model.scale_by_sigma=True is for NCSN-style models; DDPM predicts eps, set it False')
     resamp_with_conv = config.model.resamp_with_conv
     channels = config.data.num_channels
+    # GroupNorm groups: 32 in the published models (nf 128: 4 channels per group). With one channel per group
+    # every norm removes each channel's spatial mean, so the net cannot carry the image's mean brightness to
+    # its output; small models set model.num_groups lower (README "The MNIST job"). Weights do not depend on it.
+    groups = config.model.get('num_groups', 32)
     ResnetBlock = functools.partial(layers.ResnetBlockDDPM, act=act, temb_dim=4 * nf,
-                                    dropout=config.model.dropout)
-    AttnBlock = layers.AttnBlock
+                                    dropout=config.model.dropout, num_groups=groups)
+    AttnBlock = functools.partial(layers.AttnBlock, num_groups=groups)
 
     modules = []
     if conditional:  # timestep MLP: Dense(nf, 4nf), act, Dense(4nf, 4nf) (docs/model.md)
@@ -120,7 +126,7 @@ class DDPM(nn.Module):
         modules.append(layers.Upsample(channels=in_ch, with_conv=resamp_with_conv))
     assert not hs_c, 'skip channel bookkeeping is off'
 
-    modules.append(nn.GroupNorm(num_channels=in_ch, num_groups=32, eps=1e-6))
+    modules.append(nn.GroupNorm(num_channels=in_ch, num_groups=groups, eps=1e-6))
     modules.append(layers.ddpm_conv3x3(in_ch, channels, init_scale=0.))  # zero-ish conv_out (docs/model.md)
     self.all_modules = nn.ModuleList(modules)
 

@@ -113,9 +113,9 @@ class NIN(nn.Module):
 class AttnBlock(nn.Module):
   """Channel-wise self-attention block over the H*W positions, with a residual connection."""
 
-  def __init__(self, channels):
+  def __init__(self, channels, num_groups=32):
     super().__init__()
-    self.GroupNorm_0 = nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6)
+    self.GroupNorm_0 = nn.GroupNorm(num_groups=num_groups, num_channels=channels, eps=1e-6)
     self.NIN_0 = NIN(channels, channels)
     self.NIN_1 = NIN(channels, channels)
     self.NIN_2 = NIN(channels, channels)
@@ -171,15 +171,15 @@ class Downsample(nn.Module):
 class ResnetBlockDDPM(nn.Module):
   """DDPM ResBlock: GN, act, conv, +Dense(act(temb)), GN, act, dropout, conv; NIN skip if channels change."""
 
-  def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1):
+  def __init__(self, act, in_ch, out_ch=None, temb_dim=None, conv_shortcut=False, dropout=0.1, num_groups=32):
     super().__init__()
     out_ch = in_ch if out_ch is None else out_ch
-    self.GroupNorm_0 = nn.GroupNorm(num_groups=32, num_channels=in_ch, eps=1e-6)
+    self.GroupNorm_0 = nn.GroupNorm(num_groups=num_groups, num_channels=in_ch, eps=1e-6)
     self.act = act
     self.Conv_0 = ddpm_conv3x3(in_ch, out_ch)
     if temb_dim is not None:
       self.Dense_0 = dense(temb_dim, out_ch)
-    self.GroupNorm_1 = nn.GroupNorm(num_groups=32, num_channels=out_ch, eps=1e-6)
+    self.GroupNorm_1 = nn.GroupNorm(num_groups=num_groups, num_channels=out_ch, eps=1e-6)
     self.Dropout_0 = nn.Dropout(dropout)
     self.Conv_1 = ddpm_conv3x3(out_ch, out_ch, init_scale=0.)  # zero-ish last conv (docs/model.md)
     if in_ch != out_ch:

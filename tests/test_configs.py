@@ -83,6 +83,8 @@ def test_paper_numbers():
     ('sampling.init', 'uniform', 'config.sampling.init'),
     ('sampling.t_start', 1000, 'config.sampling.t_start'),
     ('sampling.num_steps', 0, 'config.sampling.num_steps'),
+    ('model.num_groups', 0, 'config.model.num_groups'),
+    ('model.num_groups', 96, 'multiple of model.num_groups = 96'),
 ])
 def test_bad_values_name_the_field(field, value, match):
   from configs.ddpm import cifar10

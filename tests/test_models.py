@@ -180,6 +180,24 @@ def test_ssb_model_ignores_checkpoint_sigmas(tmp_path):
   assert mutils.load_checkpoint(path, mutils.create_model(tiny_config('ssb'))) == 2
 
 
+def test_num_groups_sets_every_group_norm_and_keeps_the_checkpoint_format():
+  config = tiny_config()
+  default = mutils.create_model(config)
+  config.model.num_groups = 8
+  model = mutils.create_model(config)
+  norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+  assert norms and {m.num_groups for m in norms} == {8}
+  assert {m.num_groups for m in default.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+  assert {k: v.shape for k, v in model.state_dict().items()} == \
+      {k: v.shape for k, v in default.state_dict().items()}
+  with torch.no_grad():  # O(1) weights everywhere (the last conv starts near zero), shared by both nets
+    for p in default.parameters():
+      p.normal_(0.0, 0.2)
+  model.load_state_dict(default.state_dict())  # same weights, other normalisation: outputs differ
+  x, t = torch.randn(2, 3, 8, 8), torch.tensor([10., 900.])
+  assert not torch.allclose(model(x, t), default(x, t))
+
+
 def test_wrong_variant_names_the_fix(fixtures_dir):
   path = os.path.join(fixtures_dir, 'ssb_ddpm', 'checkpoint_small.pth')
   with pytest.raises(mutils.CheckpointError, match='variant=ssb'):
