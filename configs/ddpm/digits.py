@@ -39,10 +39,9 @@ def get_config():
   config.eval.kid_subset_size = 200
   config.analysis.late_start_ts = (999, 800, 600, 500, 400, 300, 200, 100)
   config.analysis.late_start_samples = 200
-  # --mode=memorization: two models per n (A nf 32 seed 42, B nf 64 seed 43) for n in (16, 64, 256, 1497), sized
-  # to fit 30 minutes on 2 CPU cores. Estimate: nf 32 trained 2,000 steps in 87 / 168 / 249 / 265 s at
-  # n = 16 / 64 / 256 / 1497 (batch min(128, n)); nf 64 steps measured 2.2x / 2.5x / 2.9x slower at batch
-  # 16 / 64 / 128, so 800 steps of both models take ~20 min, plus ~1 min of sampling (3 x 200 DDIM samples per n).
+  # --mode=memorization: two models per n (A nf 32 seed 42, B nf 64 seed 43) for n in (16, 64, 256, 1497), 800 steps
+  # each. Sized for 30 minutes from older step timings; measured 2026-12-02 on the idle 2-core machine: 55.6 min
+  # (per n 6 / 11 / 18 / 19.5 min; B takes 1.7-2.6x A's time). README "memorization".
   config.analysis.mem_n_iters = 800
   config.analysis.mem_num_samples = 200
   return config
