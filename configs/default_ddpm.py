@@ -111,6 +111,9 @@ def get_default_configs():
   # --mode=memorization: train on the first n training images for n in sizes
   analysis.mem_sizes = (16, 64, 256, 1497)
   analysis.mem_n_iters = 2000
+  # Training steps per n, one per mem_sizes entry (() = mem_n_iters for every n): small n need more steps to
+  # memorize, and their steps are cheap (batch = min(batch_size, n)).
+  analysis.mem_n_iters_per_size = ()
   analysis.mem_num_samples = 200
   analysis.mem_num_steps = 50  # DDIM steps for the model and the optimal denoiser (same seeds)
   # Reproducibility between two independently trained models (memorization: per n; rp_table: full data).

@@ -88,6 +88,11 @@ def _validate_analysis(config):
   groups = config.model.get('num_groups', 32)
   _require(a.rp_model_b_nf >= groups and a.rp_model_b_nf % groups == 0, 'analysis.rp_model_b_nf',
            a.rp_model_b_nf, f'must be a positive multiple of model.num_groups = {groups} (the GroupNorm group count)')
+  per_size = tuple(a.get('mem_n_iters_per_size', ()))
+  _require(not per_size or len(per_size) == len(a.mem_sizes), 'analysis.mem_n_iters_per_size', per_size,
+           f'needs one entry per analysis.mem_sizes {tuple(a.mem_sizes)}, or () for mem_n_iters everywhere')
+  _require(all(int(k) >= 1 for k in per_size) and a.mem_n_iters >= 1, 'analysis.mem_n_iters_per_size',
+           per_size, f'training steps must be >= 1 (mem_n_iters = {a.mem_n_iters})')
   _require(a.diversity_num_samples >= 2, 'analysis.diversity_num_samples', a.diversity_num_samples, 'must be >= 2')
   for m in a.diversity_methods:
     _require(m in METHODS, 'analysis.diversity_methods', tuple(a.diversity_methods), f'{m!r} is not one of {METHODS}')

@@ -46,12 +46,12 @@ def memorization(config, workdir):
     logging.info('memorization: n = %d', n)
     rows.append(rp_lib.memorization_cell(config, workdir, n, feature_net, threshold, device))
     logging.info('n=%d: %s', n, rows[-1])
-  header = ['num_train', 'gen_score', 'mem_score', 'knn_mem', 'rp_model_vs_optimal', 'optimal_mem_score',
+  header = ['num_train', 'n_iters', 'gen_score', 'mem_score', 'knn_mem', 'rp_model_vs_optimal', 'optimal_mem_score',
             'train_seconds', 'seconds', 'rp_a_vs_b', 'gen_score_b', 'mem_score_b', 'knn_mem_b',
             'rp_model_b_vs_optimal', 'train_seconds_b']
   io_util.write_csv(os.path.join(outdir, 'memorization.csv'), header, [[r[h] for h in header] for r in rows])
   table = (f'Model A: nf {config.model.nf}, training seed {config.seed}; model B: nf {a.rp_model_b_nf}, training '
-           f'seed {rp_lib.model_b_seed(config)} ({config.model.variant} U-Net, {a.mem_n_iters} training steps each '
+           f'seed {rp_lib.model_b_seed(config)} ({config.model.variant} U-Net, n_iters training steps each '
            f'on the first n images). {a.mem_num_samples} DDIM samples (eta 0, {a.mem_num_steps} steps) per model '
            f'and per n from the same per-sample seeds (seed {config.seed}); columns without _b are model A; '
            f'rp_a_vs_b = RP(A, B). {rp_lib.feature_note(config, threshold)}\n\n'

@@ -43,6 +43,16 @@ def model_b_seed(config):
   return config.seed + 1 if seed < 0 else seed
 
 
+def mem_n_iters(config, num_train):
+  """Training steps of the two models at training-set size num_train: its entry of
+  analysis.mem_n_iters_per_size (aligned with analysis.mem_sizes), else analysis.mem_n_iters."""
+  a = config.analysis
+  per_size = tuple(a.get('mem_n_iters_per_size', ()))
+  if per_size and num_train in tuple(a.mem_sizes):
+    return int(per_size[tuple(a.mem_sizes).index(num_train)])
+  return int(a.mem_n_iters)
+
+
 def sub_config(config, num_train, n_iters, nf=None, seed=None, variant=None):
   """The config of one sub-run: the same model (optionally another nf / seed / U-Net variant) trained for
   n_iters steps on the first num_train images (None = the config's training split as it is)."""
@@ -128,9 +138,9 @@ def _sample_scores(imgs, train_imgs, train_feats, feature_net, threshold):
 # ---------------------------------------------------------------------------------------- memorization, one n
 def _train_pair(config, workdir, num_train):
   """Trains (or resumes) models A and B on the first n images: {'a'|'b': (config, run folder, seconds)}."""
-  a = config.analysis
-  runs = {'a': (sub_config(config, num_train, a.mem_n_iters), wd.memorization_dir(workdir, num_train)),
-          'b': (sub_config(config, num_train, a.mem_n_iters, nf=a.rp_model_b_nf, seed=model_b_seed(config)),
+  a, n_iters = config.analysis, mem_n_iters(config, num_train)
+  runs = {'a': (sub_config(config, num_train, n_iters), wd.memorization_dir(workdir, num_train)),
+          'b': (sub_config(config, num_train, n_iters, nf=a.rp_model_b_nf, seed=model_b_seed(config)),
                 wd.memorization_dir(workdir, num_train, tag='_b'))}
   out = {}
   for key, (cfg, folder) in runs.items():
@@ -172,7 +182,7 @@ def memorization_cell(config, workdir, num_train, feature_net, threshold, device
   sampling.save_grid(np.concatenate([samples['a'][:16], samples['b'][:16], samples['optimal'][:16], nn_imgs]),
                      os.path.join(wd.analysis_dir(workdir), f'memorization_n{num_train}.png'), nrow=16)
   sa, sb = scores['a'], scores['b']
-  row = dict(num_train=int(num_train), gen_score=sa['gen_score'], mem_score=sa['mem_score'], knn_mem=sa['knn_mem'],
+  row = dict(num_train=int(num_train), n_iters=runs['a'][0].training.n_iters, gen_score=sa['gen_score'], mem_score=sa['mem_score'], knn_mem=sa['knn_mem'],
              rp_model_vs_optimal=rp('a', 'optimal'), optimal_mem_score=scores['optimal']['mem_score'],
              rp_a_vs_b=rp('a', 'b'), gen_score_b=sb['gen_score'], mem_score_b=sb['mem_score'],
              knn_mem_b=sb['knn_mem'], rp_model_b_vs_optimal=rp('b', 'optimal'),

@@ -85,6 +85,8 @@ def test_paper_numbers():
     ('sampling.num_steps', 0, 'config.sampling.num_steps'),
     ('model.num_groups', 0, 'config.model.num_groups'),
     ('model.num_groups', 96, 'multiple of model.num_groups = 96'),
+    ('analysis.mem_n_iters_per_size', (100, 200), 'one entry per analysis.mem_sizes'),
+    ('analysis.mem_n_iters_per_size', (100, 0, 100, 100), 'training steps must be >= 1'),
 ])
 def test_bad_values_name_the_field(field, value, match):
   from configs.ddpm import cifar10

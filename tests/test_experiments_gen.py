@@ -84,6 +84,22 @@ def test_memorization_identical_models_reproduce_each_other(tmp_path):
   assert (row['gen_score'], row['knn_mem']) == (row['gen_score_b'], row['knn_mem_b'])
 
 
+def test_memorization_trains_each_size_for_its_own_steps(tmp_path):
+  config = _tiny_mem_config(tmp_path)
+  config.analysis.mem_n_iters_per_size = (6, 3)
+  workdir = str(tmp_path / 'run')
+  rows = gen.memorization(config, workdir)
+  assert [(r['num_train'], r['n_iters']) for r in rows] == [(8, 6), (16, 3)]
+  for n, steps in ((8, 6), (16, 3)):
+    for tag in ('', '_b'):
+      cfg = json.load(open(os.path.join(workdir, 'memorization', f'n{n}{tag}', 'config.json')))
+      assert cfg['training']['n_iters'] == steps
+  # More steps for one size later: that size resumes and is rescored, the other is reused as it is.
+  config.analysis.mem_n_iters_per_size = (9, 3)
+  again = gen.memorization(config, workdir)
+  assert again[1] == rows[1] and again[0]['n_iters'] == 9
+
+
 def test_rp_table_tiny(tmp_path, monkeypatch):
   import pytest
   from errors import InputError

@@ -39,9 +39,10 @@ def get_config():
   config.eval.kid_subset_size = 200
   config.analysis.late_start_ts = (999, 800, 600, 500, 400, 300, 200, 100)
   config.analysis.late_start_samples = 200
-  # --mode=memorization: two models per n (A nf 32 seed 42, B nf 64 seed 43) for n in (16, 64, 256, 1497), 800 steps
-  # each. Sized for 30 minutes from older step timings; measured 2026-12-02 on the idle 2-core machine: 55.6 min
-  # (per n 6 / 11 / 18 / 19.5 min; B takes 1.7-2.6x A's time). README "memorization".
+  # --mode=memorization: two models per n (A nf 32 seed 42, B nf 64 seed 43) for n in (16, 64, 256, 1497). Small n
+  # get more steps (they are cheap: batch = n) so that they memorize; 800 steps everywhere left n = 16 at
+  # memorization 0.25 (README "memorization"). mem_n_iters (800) is also each --mode=rp_table model's length.
   config.analysis.mem_n_iters = 800
+  config.analysis.mem_n_iters_per_size = (4000, 2500, 800, 800)
   config.analysis.mem_num_samples = 200
   return config
