@@ -17,6 +17,7 @@ def _tiny_mem_config(tmp_path, sizes=(8, 16)):
   config = tiny_digits_config(tmp_path, **{'training.snapshot_sampling': False})
   a = config.analysis
   a.mem_sizes, a.mem_n_iters, a.mem_num_samples, a.mem_num_steps = sizes, 8, 8, 5
+  a.mem_n_iters_per_size = ()  # the digits config's per-size steps are for its own four sizes
   return config
 
 
