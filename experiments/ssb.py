@@ -212,8 +212,8 @@ def _diversity_table(cells, outdir, num_samples, accuracy):
                  fmt(gls['entropy'], gls['entropy_ci']), fmt(van['kl_to_reference'], van['kl_ci']),
                  fmt(gls['kl_to_reference'], gls['kl_ci']), f"{c['test']['p_value']:.3g}"])
   io_util.write_csv(os.path.join(outdir, 'diversity.csv'), header, rows)
-  note = (f'\n{num_samples} samples per arm (same seeds); classifier test accuracy {accuracy}; 95% bootstrap '
-          'intervals; chi-square test of equal class distributions between the two arms.\n')
+  note = (f'\n{num_samples} samples per arm (same seeds); classifier test accuracy {float(accuracy):.3f}; '
+          '95% bootstrap intervals; chi-square test of equal class distributions between the two arms.\n')
   table = io_util.markdown_table(header, rows) + note
   io_util.write_text(os.path.join(outdir, 'diversity.md'), table)
   return table
