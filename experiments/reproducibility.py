@@ -182,7 +182,8 @@ def memorization_cell(config, workdir, num_train, feature_net, threshold, device
   sampling.save_grid(np.concatenate([samples['a'][:16], samples['b'][:16], samples['optimal'][:16], nn_imgs]),
                      os.path.join(wd.analysis_dir(workdir), f'memorization_n{num_train}.png'), nrow=16)
   sa, sb = scores['a'], scores['b']
-  row = dict(num_train=int(num_train), n_iters=runs['a'][0].training.n_iters, gen_score=sa['gen_score'], mem_score=sa['mem_score'], knn_mem=sa['knn_mem'],
+  row = dict(num_train=int(num_train), n_iters=runs['a'][0].training.n_iters, gen_score=sa['gen_score'],
+             mem_score=sa['mem_score'], knn_mem=sa['knn_mem'],
              rp_model_vs_optimal=rp('a', 'optimal'), optimal_mem_score=scores['optimal']['mem_score'],
              rp_a_vs_b=rp('a', 'b'), gen_score_b=sb['gen_score'], mem_score_b=sb['mem_score'],
              knn_mem_b=sb['knn_mem'], rp_model_b_vs_optimal=rp('b', 'optimal'),
