@@ -53,6 +53,12 @@ def mem_n_iters(config, num_train):
   return int(a.mem_n_iters)
 
 
+def rp_table_n_iters(config):
+  """Training steps of each --mode=rp_table full-data model: analysis.rp_table_n_iters, or mem_n_iters when 0."""
+  a = config.analysis
+  return int(a.rp_table_n_iters) if a.rp_table_n_iters > 0 else int(a.mem_n_iters)
+
+
 def sub_config(config, num_train, n_iters, nf=None, seed=None, variant=None):
   """The config of one sub-run: the same model (optionally another nf / seed / U-Net variant) trained for
   n_iters steps on the first num_train images (None = the config's training split as it is)."""
@@ -218,7 +224,7 @@ def _rp_table_samples(config, workdir, pairs, models, device):
   """Trains the needed full-data models under workdir/rp_table/{name}/ and samples each (model, method) once,
   cached by signature. Returns {(model key, method): images (N, C, H, W) in [0, 1]}, {model key: name}."""
   a = config.analysis
-  n_iters = a.rp_table_n_iters if a.rp_table_n_iters > 0 else a.mem_n_iters
+  n_iters = rp_table_n_iters(config)
   schedule = sde_lib.DDPMSchedule.from_config(config)
   needed = sorted({side for pair in pairs.values() for side in pair})
   names, eps, samples = {}, {}, {}
@@ -262,7 +268,7 @@ def rp_table(config, workdir):
   header = ['comparison', 'model_a', 'sampler_a', 'model_b', 'sampler_b', 'rp', 'gen_score_a', 'gen_score_b']
   table_rows = [[r[h] for h in header] for r in rows]
   io_util.write_csv(os.path.join(outdir, 'rp_table.csv'), header, table_rows)
-  n_iters = a.rp_table_n_iters if a.rp_table_n_iters > 0 else a.mem_n_iters
+  n_iters = rp_table_n_iters(config)
   note = (f'RP between full-data {config.data.dataset} models ({len(train_imgs)} training images, {n_iters} '
           f'training steps each; models named variant_nf{{width}}_seed{{training seed}}), '
           f'{a.mem_num_samples} samples per side from the same per-sample seeds (seed {config.seed}), '
