@@ -46,15 +46,18 @@ def memorization(config, workdir):
     logging.info('memorization: n = %d', n)
     rows.append(rp_lib.memorization_cell(config, workdir, n, feature_net, threshold, device))
     logging.info('n=%d: %s', n, rows[-1])
+  for r in rows:  # derived from the (cached) score, so older per-n caches stay valid
+    r['rp_a_vs_b_low'], r['rp_a_vs_b_high'] = rp_lib.rp_interval(r['rp_a_vs_b'], a.mem_num_samples)
   header = ['num_train', 'n_iters', 'gen_score', 'mem_score', 'knn_mem', 'rp_model_vs_optimal', 'optimal_mem_score',
-            'train_seconds', 'seconds', 'rp_a_vs_b', 'gen_score_b', 'mem_score_b', 'knn_mem_b',
-            'rp_model_b_vs_optimal', 'train_seconds_b']
+            'train_seconds', 'seconds', 'rp_a_vs_b', 'rp_a_vs_b_low', 'rp_a_vs_b_high', 'gen_score_b', 'mem_score_b',
+            'knn_mem_b', 'rp_model_b_vs_optimal', 'train_seconds_b']
   io_util.write_csv(os.path.join(outdir, 'memorization.csv'), header, [[r[h] for h in header] for r in rows])
   table = (f'Model A: nf {config.model.nf}, training seed {config.seed}; model B: nf {a.rp_model_b_nf}, training '
            f'seed {rp_lib.model_b_seed(config)} ({config.model.variant} U-Net, n_iters training steps each '
            f'on the first n images). {a.mem_num_samples} DDIM samples (eta 0, {a.mem_num_steps} steps) per model '
            f'and per n from the same per-sample seeds (seed {config.seed}); columns without _b are model A; '
-           f'rp_a_vs_b = RP(A, B). {rp_lib.feature_note(config, threshold)}\n\n'
+           f'rp_a_vs_b = RP(A, B), with its {rp_lib.RP_LEVEL:.0%} Wilson interval (_low, _high). '
+           f'{rp_lib.feature_note(config, threshold)}\n\n'
            + io_util.markdown_table(header, [[r[h] for h in header] for r in rows]))
   io_util.write_text(os.path.join(outdir, 'memorization.md'), table)
   io_util.save_json(rows, os.path.join(outdir, 'memorization.json'))
@@ -69,7 +72,10 @@ def _plot_memorization(rows, path):
   plt = io_util.pyplot()
   n = [r['num_train'] for r in rows]
   fig, ax = plt.subplots(figsize=(5.4, 3.6))
-  ax.plot(n, [r['rp_a_vs_b'] for r in rows], 'o-', color='C0', lw=2, label='RP: model A vs model B')
+  rp = np.array([r['rp_a_vs_b'] for r in rows])
+  err = [rp - [r['rp_a_vs_b_low'] for r in rows], [r['rp_a_vs_b_high'] for r in rows] - rp]
+  ax.errorbar(n, rp, yerr=err, fmt='o-', color='C0', lw=2, capsize=3,
+              label=f'RP: model A vs model B ({rp_lib.RP_LEVEL:.0%} CI)')
   ax.plot(n, [r['gen_score'] for r in rows], 's-', color='C1', label='generalization score, A')
   ax.plot(n, [r['gen_score_b'] for r in rows], 's--', color='C1', alpha=0.6, label='generalization score, B')
   ax.plot(n, [r['rp_model_vs_optimal'] for r in rows], '^:', color='C2', label='RP: A vs optimal denoiser')

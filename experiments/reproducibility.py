@@ -31,9 +31,11 @@ import sampling
 import sde_lib
 import workdir as wd
 from analysis import denoiser as denoiser_lib
+from analysis import diversity as diversity_lib
 from analysis import memorization as mem_lib
 
 CALIBRATE_COMMAND = 'python benchmarks/calibrate_threshold.py'
+RP_LEVEL = 0.95  # confidence level of the Wilson intervals reported beside each RP
 
 
 # ---------------------------------------------------------------------------------------- shared pieces
@@ -57,6 +59,13 @@ def rp_table_n_iters(config):
   """Training steps of each --mode=rp_table full-data model: analysis.rp_table_n_iters, or mem_n_iters when 0."""
   a = config.analysis
   return int(a.rp_table_n_iters) if a.rp_table_n_iters > 0 else int(a.mem_n_iters)
+
+
+def rp_interval(rp, num_pairs):
+  """Wilson interval (RP_LEVEL) of an RP score, a fraction of num_pairs independent sample pairs. Returns
+  (low, high) floats in [0, 1]."""
+  low, high = diversity_lib.wilson_interval(round(rp * num_pairs), num_pairs, level=RP_LEVEL)
+  return float(low), float(high)
 
 
 def sub_config(config, num_train, n_iters, nf=None, seed=None, variant=None):
@@ -265,14 +274,18 @@ def rp_table(config, workdir):
                rp=float(mem_lib.reproducibility_score(feats[ka, ma], feats[kb, mb], threshold)),
                gen_score_a=float(gen[ka, ma]), gen_score_b=float(gen[kb, mb]))
           for comp, ((ka, ma), (kb, mb)) in pairs.items()]
-  header = ['comparison', 'model_a', 'sampler_a', 'model_b', 'sampler_b', 'rp', 'gen_score_a', 'gen_score_b']
+  for r in rows:
+    r['rp_low'], r['rp_high'] = rp_interval(r['rp'], a.mem_num_samples)
+  header = ['comparison', 'model_a', 'sampler_a', 'model_b', 'sampler_b', 'rp', 'rp_low', 'rp_high', 'gen_score_a',
+            'gen_score_b']
   table_rows = [[r[h] for h in header] for r in rows]
   io_util.write_csv(os.path.join(outdir, 'rp_table.csv'), header, table_rows)
   n_iters = rp_table_n_iters(config)
   note = (f'RP between full-data {config.data.dataset} models ({len(train_imgs)} training images, {n_iters} '
           f'training steps each; models named variant_nf{{width}}_seed{{training seed}}), '
           f'{a.mem_num_samples} samples per side from the same per-sample seeds (seed {config.seed}), '
-          f'on the DDIM uniform grid below t = T-1, DDIM eta 0. {feature_note(config, threshold)}\n\n')
+          f'on the DDIM uniform grid below t = T-1, DDIM eta 0; rp_low, rp_high: {RP_LEVEL:.0%} Wilson interval. '
+          f'{feature_note(config, threshold)}\n\n')
   io_util.write_text(os.path.join(outdir, 'rp_table.md'), note + io_util.markdown_table(header, table_rows))
   io_util.save_json(dict(feature_net=a.feature_net, threshold=threshold, num_samples=a.mem_num_samples,
                          n_iters=n_iters, seed=config.seed, rows=rows), os.path.join(outdir, 'rp_table.json'))

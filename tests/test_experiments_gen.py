@@ -42,6 +42,7 @@ def test_memorization_experiment_tiny(tmp_path, monkeypatch):
   for r in rows:
     for key in MEM_COLUMNS:
       assert 0.0 <= r[key] <= 1.0, key
+    assert r['rp_a_vs_b_low'] <= r['rp_a_vs_b'] <= r['rp_a_vs_b_high']
     # The exact optimal denoiser of n images reproduces its training images with 50 fine steps or 5 coarse ones.
     assert r['optimal_mem_score'] > 0.5
   # Models A, B and the optimal denoiser, for each n, all start from the same per-sample noise (config.seed).
@@ -51,7 +52,7 @@ def test_memorization_experiment_tiny(tmp_path, monkeypatch):
                'memorization_n8.json'):
     assert os.path.exists(os.path.join(analysis, name))
   header = open(os.path.join(analysis, 'memorization.csv')).readline().strip().split(',')
-  assert set(MEM_COLUMNS) <= set(header)
+  assert set(MEM_COLUMNS) | {'rp_a_vs_b_low', 'rp_a_vs_b_high'} <= set(header)
   md = open(os.path.join(analysis, 'memorization.md')).read()
   assert "Feature net 'pixels'" in md and 'threshold 0.985' in md and 'calibrate_threshold.py' in md
   assert json.load(open(os.path.join(analysis, 'memorization.json')))[0]['num_train'] == 8
@@ -113,6 +114,7 @@ def test_rp_table_tiny(tmp_path, monkeypatch):
   assert [r['comparison'] for r in rows] == ['seed', 'sampler']
   for r in rows:
     assert 0.0 <= r['rp'] <= 1.0 and 0.0 <= r['gen_score_a'] <= 1.0 and 0.0 <= r['gen_score_b'] <= 1.0
+    assert r['rp_low'] <= r['rp'] <= r['rp_high']
   seed_row, sampler_row = rows
   assert seed_row['model_a'] == 'ssb_nf32_seed42' and seed_row['model_b'] == 'ssb_nf32_seed43'
   assert sampler_row['model_a'] == sampler_row['model_b'] == 'ssb_nf32_seed42'
@@ -129,6 +131,14 @@ def test_rp_table_tiny(tmp_path, monkeypatch):
   config.analysis.rp_table_pairs = ('seed', 'depth')
   with pytest.raises(InputError, match='depth'):
     gen.rp_table(config, workdir)
+
+
+def test_rp_interval_is_scipys_wilson_interval():
+  from scipy import stats
+  from experiments import reproducibility as rp_lib
+  for rp, pairs in ((0.265, 200), (0.33, 200), (1.0, 8), (0.0, 50)):
+    ci = stats.binomtest(round(rp * pairs), pairs).proportion_ci(confidence_level=rp_lib.RP_LEVEL, method='wilson')
+    np.testing.assert_allclose(rp_lib.rp_interval(rp, pairs), (ci.low, ci.high), atol=1e-12)
 
 
 def test_calibrate_threshold_command(tmp_path):
