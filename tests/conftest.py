@@ -64,6 +64,17 @@ def tiny_digits_config(tmp_dir, **overrides):
   return config
 
 
+def data_config(module, root='', **data):
+  """The config of configs/ddpm/<module> reading its data from root, without loader workers; data overrides
+  config.data fields."""
+  config = module.get_config()
+  config.data.root = str(root)
+  config.training.num_workers = 0
+  for k, v in data.items():
+    config.data[k] = v
+  return config
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
   return tiny_digits_config(tmp_path)
