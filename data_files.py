@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from errors import InputError
+from errors import InputError, one_line
 
 _CELEBA_CROP = 140  # docs/data.md: centre crop 140, then resize to 32 or 64
 
@@ -60,9 +60,7 @@ def _require(dataset, folder, files, how):
 
 def _corrupt(path, err, how):
   """DataError for a damaged file: names it and the cause, and says to replace it."""
-  text = str(err).strip().splitlines()
-  cause = f'{type(err).__name__}: {text[0][:200]}' if text else type(err).__name__
-  return DataError(f'{path} is corrupt or truncated ({cause}): delete it and {how}')
+  return DataError(f'{path} is corrupt or truncated ({one_line(err)}): delete it and {how}')
 
 
 _MNIST_HOW = ('get the idx files (gzipped or not) from http://yann.lecun.com/exdb/mnist/, or run '

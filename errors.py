@@ -8,3 +8,10 @@ class InputError(ValueError):
 
   It subclasses ValueError so that callers that catch ValueError keep working.
   """
+
+
+def one_line(err) -> str:
+  """'Type: first line of the message' (at most 200 characters; 'Type' alone for an empty message): the cause
+  of an error in a one-line message or warning."""
+  text = str(err).strip().splitlines()
+  return f'{type(err).__name__}: {text[0][:200]}' if text else type(err).__name__

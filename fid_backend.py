@@ -2,7 +2,7 @@
 
 pytorch-fid's InceptionV3 (built by ``evaluation.load_inception``) stays the source of truth: its graph, with the
 resize to 299x299 and the [0,1] -> [-1,1] map inside, is exported to ONNX once per weights hash, cached under
-``evaluation.cache_dir()`` and run in fp32 by onnxruntime. On 2 CPU cores that is about 2x
+``inception_weights.cache_dir()`` and run in fp32 by onnxruntime. On 2 CPU cores that is about 2x
 pytorch-fid's own pipeline (BENCHMARKS.md, "FID features"). Every load checks the exported graph against the torch
 network on a probe batch, so a stale, corrupt or mis-exported file is rebuilt (or the torch path is used).
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import io_util
+from errors import one_line
 
 BACKENDS = ('auto', 'torch', 'onnxruntime')
 FAST_BACKENDS = ('onnxruntime',)
@@ -142,10 +143,6 @@ def _probe_error(net, run) -> float:
   return float(np.abs(out - ref).max() / np.abs(ref).max())
 
 
-def _one_line(err) -> str:
-  return f'{type(err).__name__}: {(str(err).strip().splitlines() or [""])[0][:200]}'
-
-
 def _checked_run(net, backend, path, threads, export):
   """The backend's runner on ``path`` (exported first if ``export``), checked against ``net`` on the probe."""
   if export:
@@ -166,11 +163,11 @@ def build(net, backend, cache_dir, weights_hash, threads=None) -> FastInception:
     try:
       return FastInception(net, backend, _checked_run(net, backend, path, threads, export=False))
     except Exception as err:  # truncated/corrupt file, other exporter version, runtime failure
-      logging.warning('cached ONNX Inception %s is unusable (%s): exporting it again', path, _one_line(err))
+      logging.warning('cached ONNX Inception %s is unusable (%s): exporting it again', path, one_line(err))
   try:
     return FastInception(net, backend, _checked_run(net, backend, path, threads, export=True))
   except Exception as err:
-    raise FastBackendError(f'{backend} on the exported Inception {path} failed ({_one_line(err)})') from None
+    raise FastBackendError(f'{backend} on the exported Inception {path} failed ({one_line(err)})') from None
 
 
 def wrap(net, backend, device, cache_dir, weights_hash_fn):

@@ -14,7 +14,8 @@ LAYERS = [
     ('sampling', 4),
     ('analysis', 3),
     ('datasets', 2), ('evaluation', 2), ('fid_backend', 2),
-    ('data_files', 1), ('workdir', 1), ('dist_util', 1), ('configs', 1), ('models', 1), ('samplers', 1), ('losses', 1),
+    ('data_files', 1), ('inception_weights', 1), ('workdir', 1), ('dist_util', 1), ('configs', 1), ('models', 1),
+    ('samplers', 1), ('losses', 1),
     ('errors', 0), ('io_util', 0), ('rng', 0), ('moments', 0), ('sde_lib', 0),
 ]
 

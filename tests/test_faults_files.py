@@ -16,6 +16,7 @@ from PIL import Image
 
 import datasets
 import evaluation as ev
+import inception_weights as iw
 from configs.ddpm import celeba, cifar10, digits, imagenet64, mnist
 from errors import InputError
 from samplers import initialisers as init
@@ -126,7 +127,7 @@ def test_corrupt_moments_file(tmp_path, keep):
 # --- Inception weights -----------------------------------------------------------------------------------------
 
 def test_corrupt_user_inception_weights(tmp_path):
-  path = tmp_path / ev.PTFID_WEIGHTS_NAME
+  path = tmp_path / iw.PTFID_WEIGHTS_NAME
   path.write_bytes(b'\x80\x02garbage')
   with pytest.raises(ev.InceptionWeightsError) as err:
     ev.inception_weights_hash(str(path))
@@ -137,9 +138,9 @@ def test_corrupt_weight_cache_is_rebuilt(tmp_path, monkeypatch, caplog, umask022
   monkeypatch.setenv('SSB_CACHE_DIR', str(tmp_path))
   # The real conversion (~10 s; tests/test_evaluation.py checks it) is replaced by pytorch-fid's layout filled
   # with a fixed pattern: the cache logic around it is what is tested here.
-  state = {k: torch.full_like(v, 0.01 * (i % 7)) for i, (k, v) in enumerate(ev._template_state_dict()[0].items())}
-  monkeypatch.setattr(ev, 'fid_helper_torchscript_path', lambda: str(tmp_path / 'default_1.pt'))
-  monkeypatch.setattr(ev, 'convert_fid_helper_weights', lambda path: state)
+  state = {k: torch.full_like(v, 0.01 * (i % 7)) for i, (k, v) in enumerate(iw._template_state_dict()[0].items())}
+  monkeypatch.setattr(iw, 'fid_helper_torchscript_path', lambda: str(tmp_path / 'default_1.pt'))
+  monkeypatch.setattr(iw, 'convert_fid_helper_weights', lambda path: state)
   good_hash = ev.inception_weights_hash('')  # converts and writes the cache and its sidecar
   cache = next(str(p) for p in tmp_path.iterdir() if p.suffix == '.pth')
   sidecar = cache + '.sha256.json'
@@ -154,7 +155,7 @@ def test_corrupt_weight_cache_is_rebuilt(tmp_path, monkeypatch, caplog, umask022
   assert model(torch.zeros(1, 3, 299, 299))[0].shape == (1, 2048, 1, 1)
   os.remove(sidecar)  # a cache that cannot be verified is rebuilt as well
   assert ev.inception_weights_hash('') == good_hash and os.path.isfile(sidecar)
-  monkeypatch.setattr(ev, 'fid_helper_torchscript_path', lambda: '')
+  monkeypatch.setattr(iw, 'fid_helper_torchscript_path', lambda: '')
   _garble(cache, 0)
   with pytest.raises(ev.InceptionWeightsError) as err:  # nothing to rebuild from: one line, what to do
     ev.inception_weights_hash('')
