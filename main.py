@@ -30,7 +30,8 @@ MODES = {
                   'eval_lib:fid_stats', ()),
     'eval': ('sweep samplers x steps x {vanilla, gls} x t_c; write results.{md,csv,json}, plots and grids',
              'eval_lib:evaluate', ('eval',)),
-    'all': ('the main job: train, then fid_stats if missing, then eval; prints the table', 'eval_lib:main_job', ('train', 'eval')),
+    'all': ('the main job: train, then fid_stats if missing, then eval; prints the table', 'eval_lib:main_job',
+            ('train', 'eval')),
     'diversity': ('class composition of vanilla vs gls samples under a classifier, with intervals and a '
                   'chi-square test', 'experiments.ssb:diversity', ('diversity',)),
     'potentials': ('generative potential along a path between two samples, at several times',
@@ -46,7 +47,8 @@ MODES = {
                  'between DDIM and F-PNDM, all from the same noise', 'experiments.gen:rp_table', ('rp_table',)),
     'mem_score': ('memorization / generalization / kNN scores of config.analysis.samples_file vs the training set',
                   'experiments.gen:mem_score', ('mem_score',)),
-    'jacobian_rank': ('Jacobian rank of the denoiser along a sampling trajectory', 'experiments.gen:jacobian_rank', ('jacobian_rank',)),
+    'jacobian_rank': ('Jacobian rank of the denoiser along a sampling trajectory', 'experiments.gen:jacobian_rank',
+                      ('jacobian_rank',)),
 }
 
 FLAGS = flags.FLAGS

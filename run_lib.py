@@ -4,7 +4,6 @@ The workdir layout is owned by ``workdir.py``; sampling (the snapshot grids too)
 """
 import contextlib
 import logging
-import os
 
 import numpy as np
 import torch

@@ -8,7 +8,6 @@ Convention used everywhere in the code base:
     The network receives the same fractional t. (The original PNDM code truncated t for the
     alpha_bar lookup while feeding the float to the network; we use one rule for both.)
 """
-import math
 
 import numpy as np
 import torch

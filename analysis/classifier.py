@@ -78,7 +78,8 @@ def train_classifier(images, labels, images_test, labels_test, epochs: int = 20,
     model = SmallCNN(x.shape[1], x.shape[2], num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
     steps_per_epoch = -(-len(x) // batch_size)
-    # One-cycle (warm-up, cosine decay): unshuffled digits split [:1400]/[1400:], 30 epochs: 96.5% vs 95.0% (plain Adam).
+    # One-cycle (warm-up, cosine decay): unshuffled digits split [:1400]/[1400:], 30 epochs: 96.5% vs 95.0%
+    # (plain Adam).
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(1, epochs * steps_per_epoch))
     for _ in range(epochs):
       model.train()

@@ -125,7 +125,7 @@ def main():
   ref = feats['pytorch-fid']
   fid_ref = _half_fid(ref)
   t_ref = min(next(iter(times.values())))
-  print(f'\n| path | img/s | vs pytorch-fid | max rel. feature diff | FID rel. diff |\n|---|---|---|---|---|')
+  print('\n| path | img/s | vs pytorch-fid | max rel. feature diff | FID rel. diff |\n|---|---|---|---|---|')
   worst = 0.0
   for (name, ts), key in zip(times.items(), ['pytorch-fid', *paths]):
     rel = np.abs(feats[key] - ref).max() / np.abs(ref).max()

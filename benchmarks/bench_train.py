@@ -54,8 +54,9 @@ def main():
   per_step = (total - warm) / args.steps
   print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, config {args.config}, '
         f'batch {config.training.batch_size}')
-  print(f'{args.steps} steps after a {warm_steps}-step warm-up: {per_step * 1000:.1f} ms/step, {1 / per_step:.2f} steps/s '
-        f'(n_iters={load_config(args.config).training.n_iters} would take {load_config(args.config).training.n_iters * per_step:.0f} s)')
+  n_iters = load_config(args.config).training.n_iters
+  print(f'{args.steps} steps after a {warm_steps}-step warm-up: {per_step * 1000:.1f} ms/step, '
+        f'{1 / per_step:.2f} steps/s (n_iters={n_iters} would take {n_iters * per_step:.0f} s)')
 
 
 if __name__ == '__main__':

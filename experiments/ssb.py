@@ -30,8 +30,9 @@ def _setup(config, workdir):
 def potentials(config, workdir):
   """Generative potential along x(a) = cos(a) x1 + sin(a) x2 between two DDIM trajectories, at several t.
 
-  The potential is -integral of the model's reverse-SDE drift beta (x/2 + score) along the path (docs/ssb.md, "Potentials of trained models");
-  x1, x2 are the two trajectories' states at t. Writes potentials.png and potentials.csv.
+  The potential is -integral of the model's reverse-SDE drift beta (x/2 + score) along the path (docs/ssb.md,
+  "Potentials of trained models"); x1, x2 are the two trajectories' states at t. Writes potentials.png and
+  potentials.csv.
   """
   device, eps_fn, schedule, outdir, _ = _setup(config, workdir)
   a = config.analysis
@@ -86,8 +87,8 @@ def late_start_curve(config, workdir):
                                     cache=initialisers)  # every step t..0: the full ancestral chain
       images = sampling.generate(eps_fn, schedule, plan, a.late_start_samples, config.eval.batch_size, config.seed,
                                  device, datasets.get_data_inverse_scaler(config), desc=key)
-      results[key] = dict(init=init, t=t, nfe=plan.nfe, signature=signature, **eval_lib.score_images(images, inception, ref, config,
-                                                                                device))
+      scores = eval_lib.score_images(images, inception, ref, config, device)
+      results[key] = dict(init=init, t=t, nfe=plan.nfe, signature=signature, **scores)
       io_util.save_json(results, path)
   rows = [results[f'{i}_t{t}'] for i in a.late_start_inits for t in a.late_start_ts]
   keys = ['init', 't', 'nfe', 'num_samples', 'fid', 'kid', 'kid_std']
@@ -172,7 +173,6 @@ def diversity(config, workdir):
   analysis.diversity_methods x analysis.diversity_steps, with intervals and a chi-square test (the SSB paper's
   diversity claim; its CelebA study, generalised). gls uses the eval sweep's best t_c when there is one.
   Resumable per (method, n). Writes analysis/diversity.{json,csv,md} and diversity_{method}_n{n}.png."""
-  from analysis import diversity as div
   device, eps_fn, schedule, outdir, step = _setup(config, workdir)
   a = config.analysis
   model, acc = _classifier(config, outdir)

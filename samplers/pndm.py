@@ -36,7 +36,6 @@ eps_fn gets max(time, 0.0) while alpha_bar uses the true (negative) time.
 import math
 
 from samplers.ddim import new_trajectory, record, step_pairs
-from samplers.grids import check_timesteps
 
 VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
 _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12),

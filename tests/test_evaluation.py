@@ -60,7 +60,8 @@ def test_feature_moments_needs_two_images(inception, golden):
 
 
 def test_weights_cached_after_conversion(inception, cache, monkeypatch):
-  files = sorted(f for f in os.listdir(cache) if not f.endswith('.onnx'))  # converted once, no temp file left; the sidecar records its SHA-256
+  # Converted once, no temp file left; the sidecar records its SHA-256.
+  files = sorted(f for f in os.listdir(cache) if not f.endswith('.onnx'))
   assert len(files) == 2 and files[0].endswith('.pth') and files[1] == files[0] + '.sha256.json'
   cached = torch.load(os.path.join(cache, files[0]), weights_only=True)
   converted = iw.convert_fid_helper_weights(iw.fid_helper_torchscript_path())
