@@ -43,7 +43,7 @@ def fid_stats(config, workdir=None):
   dist_util.init()
   device, d, bs = dist_util.get_device(config), config.data, config.eval.batch_size
   path = wd.fid_stats_path(config)
-  wd.ensure_writable(os.path.dirname(os.path.abspath(path)), 'sampling.stats_dir')
+  wd.ensure_stats_dir_writable(config)
   inception = evaluation.load_inception(config.eval.inception_path, device,
                                          backend=config.eval.fid_backend)
   inverse = datasets.get_data_inverse_scaler(config)
@@ -197,7 +197,7 @@ def main_job(config, workdir):
   if dist_util.is_main():
     wd.ensure_writable(wd.eval_dir(workdir), 'the eval output folder')
     if not os.path.exists(wd.fid_stats_path(config)):
-      wd.ensure_writable(os.path.dirname(os.path.abspath(wd.fid_stats_path(config))), 'sampling.stats_dir')
+      wd.ensure_stats_dir_writable(config)
   run_lib.train(config, workdir)
   if not os.path.exists(wd.fid_stats_path(config)):  # under torchrun every rank: the feature pass is sharded
     fid_stats(config, workdir)

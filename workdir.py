@@ -129,6 +129,11 @@ def ensure_writable(folder, what='--workdir'):
   return folder
 
 
+def ensure_stats_dir_writable(config):
+  """ensure_writable on the folder fid_stats_path(config) goes in (sampling.stats_dir); returns that folder."""
+  return ensure_writable(os.path.dirname(os.path.abspath(fid_stats_path(config))), 'sampling.stats_dir')
+
+
 def _pid_alive(pid):
   try:
     os.kill(pid, 0)
@@ -199,7 +204,9 @@ class WorkdirLock:
     except FileNotFoundError:  # another run removed it first
       return
     if self._owner(aside)[0] == pid:
-      logging.warning('removed stale workdir lock %s (process %s is gone)', self.path, pid)
+      why = ('it names this run: a PID reused after the run that wrote it ended' if pid == os.getpid()
+             else f'process {pid} is gone')  # PIDs are often reused in containers
+      logging.warning('removed stale workdir lock %s (%s)', self.path, why)
     else:  # a fresh lock of another run: put it back (unless a third run got there first)
       try:
         os.link(aside, self.path)

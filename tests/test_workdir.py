@@ -91,6 +91,18 @@ def test_ensure_writable_refuses_a_read_only_folder(unwritable_folder):
   assert unwritable_folder in str(err.value) and '\n' not in str(err.value)
 
 
+def test_the_stats_folder_check_names_the_config_field(tmp_path):
+  from configs.ddpm import digits
+  config = digits.get_config()
+  config.sampling.stats_dir = str(tmp_path / 'stats')
+  assert wd.ensure_stats_dir_writable(config) == os.path.dirname(wd.fid_stats_path(config))
+  assert os.path.isdir(tmp_path / 'stats')
+  (tmp_path / 'file').write_text('x')
+  config.sampling.stats_dir = str(tmp_path / 'file')
+  with pytest.raises(InputError, match='sampling.stats_dir .*file is a file, not a folder'):
+    wd.ensure_stats_dir_writable(config)
+
+
 # ------------------------------------------------------------------------------------------ WorkdirLock
 def _lock_file(workdir, name='train'):
   return os.path.join(workdir, f'.lock_{name}')
@@ -147,6 +159,18 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     with wd.WorkdirLock(str(tmp_path), 'train'):
       assert int(open(path).read().split()[0]) == os.getpid()
   assert f'process {pid} is gone' in caplog.text
+  assert not os.path.exists(path)
+
+
+def test_a_lock_naming_this_process_is_taken_over_as_a_reused_pid(tmp_path, caplog):
+  """In a container a killed run's PID is often the next run's too: the lock names us, but no run holds it."""
+  path = _lock_file(str(tmp_path))
+  with open(path, 'w') as f:
+    f.write(f'{os.getpid()}\npython main.py --mode=train\n')
+  with caplog.at_level(logging.WARNING):
+    with wd.WorkdirLock(str(tmp_path), 'train'):
+      assert int(open(path).read().split()[0]) == os.getpid()
+  assert 'PID reused' in caplog.text and 'is gone' not in caplog.text
   assert not os.path.exists(path)
 
 
