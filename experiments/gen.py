@@ -81,7 +81,8 @@ def _plot_memorization(rows, path):
   ax.plot(n, [r['rp_model_vs_optimal'] for r in rows], '^:', color='C2', label='RP: A vs optimal denoiser')
   ax.plot(n, [r['rp_model_b_vs_optimal'] for r in rows], 'v:', color='C3', label='RP: B vs optimal denoiser')
   ax.set(xscale='log', xlabel='training set size n', ylabel='score', ylim=(-0.02, 1.02))
-  ax.legend(fontsize=7)
+  handles, labels = ax.get_legend_handles_labels()  # matplotlib lists the error-bar curve last; RP(A, B) first
+  ax.legend(handles[-1:] + handles[:-1], labels[-1:] + labels[:-1], fontsize=7)
   io_util.save_figure(fig, path)
 
 
