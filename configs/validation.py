@@ -1,5 +1,6 @@
 """Checks a resolved config before any work starts; every error names the offending field."""
 from errors import InputError
+from models.ddpm import num_groups
 from models.utils import PRECISIONS  # training.precision / eval.precision (models.utils.autocast)
 
 DATASETS = ('MNIST', 'CIFAR10', 'CELEBA', 'IMAGENET64', 'DIGITS', 'MNIST5K', 'MOLRG')
@@ -54,7 +55,7 @@ def validate_config(config):
   _require(config.data.image_size % factor == 0, 'data.image_size', config.data.image_size,
            f'must be divisible by 2**(len(model.ch_mult)-1) = {factor} (the U-Net downsamples '
            f'{levels - 1} times); change data.image_size or model.ch_mult')
-  groups = config.model.get('num_groups', 32)
+  groups = num_groups(config)
   _require(isinstance(groups, int) and groups >= 1, 'model.num_groups', groups, 'must be a positive int')
   _require(config.model.nf % groups == 0, 'model.nf', config.model.nf,
            f'must be a multiple of model.num_groups = {groups} (the GroupNorm group count)')
@@ -85,7 +86,7 @@ def _validate_eval(config):
 
 def _validate_analysis(config):
   a = config.analysis
-  groups = config.model.get('num_groups', 32)
+  groups = num_groups(config)
   _require(a.rp_model_b_nf >= groups and a.rp_model_b_nf % groups == 0, 'analysis.rp_model_b_nf',
            a.rp_model_b_nf, f'must be a positive multiple of model.num_groups = {groups} (the GroupNorm group count)')
   per_size = tuple(a.get('mem_n_iters_per_size', ()))

@@ -28,6 +28,12 @@ def get_sigmas(config):
   return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), config.model.num_scales))
 
 
+def num_groups(config):
+  """GroupNorm group count: config.model.num_groups, or 32 (the published models') for a config written before
+  the field existed (an older run's config.json)."""
+  return config.model.get('num_groups', 32)
+
+
 def check_model_config(config):
   """Raise ValueError naming the config field when a model setting is unusable."""
   m = config.model
@@ -45,7 +51,7 @@ def check_model_config(config):
   if config.data.image_size < 1 or config.data.image_size % factor:
     raise InputError(f'config.data.image_size={config.data.image_size} must be divisible by '
                      f'2**(len(config.model.ch_mult)-1)={factor}; change image_size or ch_mult')
-  groups = m.get('num_groups', 32)
+  groups = num_groups(config)
   if groups < 1 or m.nf < groups or m.nf % groups:
     raise InputError(f'config.model.nf={m.nf} must be a positive multiple of config.model.num_groups={groups} '
                      '(the GroupNorm group count)')
@@ -83,7 +89,7 @@ class DDPM(nn.Module):
     # GroupNorm groups: 32 in the published models (nf 128: 4 channels per group). With one channel per group
     # every norm removes each channel's spatial mean, so the net cannot carry the image's mean brightness to
     # its output; small models set model.num_groups lower (README "The MNIST job"). Weights do not depend on it.
-    groups = config.model.get('num_groups', 32)
+    groups = num_groups(config)
     ResnetBlock = functools.partial(layers.ResnetBlockDDPM, act=act, temb_dim=4 * nf,
                                     dropout=config.model.dropout, num_groups=groups)
     AttnBlock = functools.partial(layers.AttnBlock, num_groups=groups)
