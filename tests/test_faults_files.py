@@ -18,18 +18,11 @@ import datasets
 import evaluation as ev
 import inception_weights as iw
 from configs.ddpm import celeba, cifar10, digits, imagenet64, mnist
+from conftest import data_config as _config
 from errors import InputError
 from samplers import initialisers as init
 
 W, D = 'a' * 64, 'b' * 64  # a weights hash and a data fingerprint
-
-
-def _config(module, root='', **data):
-  config = module.get_config()
-  config.data.root = str(root)
-  for k, v in data.items():
-    config.data[k] = v
-  return config
 
 
 def _stats(path, **kw):
