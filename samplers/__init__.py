@@ -8,10 +8,12 @@ import); timesteps is a descending int grid (samplers.grids); the last step goes
 from samplers import grids
 from samplers.ddim import ddim
 from samplers.ddpm import ddpm, is_full_chain
+from samplers.dpm_solver import dpmpp_2m
 from samplers.pndm import pndm
 from samplers.pndm import nfe as _pndm_nfe
+from samplers.unipc import unipc
 
-SAMPLERS = {'ddpm': ddpm, 'ddim': ddim, 'pndm': pndm}
+SAMPLERS = {'ddpm': ddpm, 'ddim': ddim, 'pndm': pndm, 'dpmpp_2m': dpmpp_2m, 'unipc': unipc}
 
 
 def get_sampler(name):

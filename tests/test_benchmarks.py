@@ -24,6 +24,7 @@ SMOKE = {
     'bench_samplers.py': (False, '(b) gls D=48'),
     'bench_train.py': (False, '3 steps after a 2-step warm-up'),
     'calibrate_threshold.py': (False, 'optimal threshold over seeds [0]'),
+    'bench_solver_order.py': (False, '| UniPC (bh2) |'),
     'bench_peer_samplers.py': (True, '| PLMS | PNDMScheduler(skip_prk_steps=True) |'),
     'bench_peer_unet.py': (True, 'same per-tensor sizes: True'),
 }
