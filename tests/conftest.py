@@ -28,6 +28,29 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip)
 
 
+@pytest.fixture
+def tf32_switches():
+  """Saves torch's two TF32 switches and the CUDA probe, and puts them back by plain assignment after the test.
+
+  pytest's monkeypatch cannot be used for them: the switches are served by a module ``__getattr__``, and from
+  pytest 9.2 its undo calls ``delattr`` there, which fails and would leave ``torch.cuda.is_available`` faked
+  for every later test. Returns a setter: ``set(matmul=..., cudnn=..., cuda_available=...)``."""
+  saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.cuda.is_available)
+
+  def set_switches(matmul=None, cudnn=None, cuda_available=None):
+    if matmul is not None:
+      torch.backends.cuda.matmul.allow_tf32 = matmul
+    if cudnn is not None:
+      torch.backends.cudnn.allow_tf32 = cudnn
+    if cuda_available is not None:
+      torch.cuda.is_available = lambda: cuda_available
+  try:
+    yield set_switches
+  finally:
+    torch.cuda.is_available = saved[2]
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+
+
 @pytest.fixture(scope='session')
 def fixtures_dir():
   """tests/fixtures: the golden reference data (see each sub-folder's README). Part of the repository, so a

@@ -379,12 +379,11 @@ def test_backend_choice(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cuda_features_fp32_without_tf32(cache, golden, monkeypatch):
+def test_cuda_features_fp32_without_tf32(cache, golden, monkeypatch, tf32_switches):
   monkeypatch.setenv('SSB_CACHE_DIR', cache)
   model = ev.load_inception(device='cuda')  # 'auto' is the torch path on CUDA
   assert not isinstance(model, fid_backend.FastInception)
-  monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', True)
-  monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', True)
+  tf32_switches(matmul=True, cudnn=True)
   feats = ev.inception_features(torch.from_numpy(golden['images_rgb']), model, batch_size=6)
   np.testing.assert_allclose(feats, golden['features_rgb'], atol=1e-4, rtol=1e-4)  # TF32 would move ~1e-2
   assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32  # restored afterwards

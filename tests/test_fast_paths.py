@@ -176,10 +176,8 @@ def test_plain_checkpoints_resume_with_fast_paths(tmp_path, flags):
   assert step == 4 and 0 < _rel(eps_fast(x, t), ref) < BF16_REL_TOL
 
 
-def test_tf32_is_on_only_inside_training_and_restored(monkeypatch):
-  monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-  monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
-  monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+def test_tf32_is_on_only_inside_training_and_restored(tf32_switches):
+  tf32_switches(matmul=False, cudnn=False, cuda_available=True)
   with pytest.raises(RuntimeError):
     with run_lib._tf32(True):
       assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
