@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 import data_files
 import dist_util
+from errors import ConfigError
 from data_files import ArrayDataset, DataError, DatasetNotFoundError  # noqa: F401 (datasets.X is the public name)
 
 # name -> (native image sizes allowed, num_channels); MOLRG takes any size (docs/gen.md, "MoLRG").
@@ -151,21 +152,21 @@ def _check_config(config, name):
     dim = d.num_channels * d.image_size ** 2
     k, rank = d.get('molrg_classes', 2), d.get('molrg_rank', 7)
     if k * rank > dim:
-      raise ValueError(f'MOLRG needs config.data.molrg_classes * config.data.molrg_rank <= D = '
+      raise ConfigError(f'MOLRG needs config.data.molrg_classes * config.data.molrg_rank <= D = '
                        f'num_channels * image_size**2; got {k} * {rank} > {dim}')
     return
   if d.image_size not in sizes:
-    raise ValueError(f'config.data.image_size={d.image_size} but {name} images are '
+    raise ConfigError(f'config.data.image_size={d.image_size} but {name} images are '
                      f'{" or ".join(map(str, sizes))} pixels: set config.data.image_size accordingly')
   if d.num_channels != channels:
-    raise ValueError(f'config.data.num_channels={d.num_channels} but {name} has {channels} '
+    raise ConfigError(f'config.data.num_channels={d.num_channels} but {name} has {channels} '
                      f'channel(s): set config.data.num_channels={channels}')
 
 
 def _dataset_name(config):
   name = str(config.data.dataset).upper()
   if name not in _NATIVE:
-    raise ValueError(f'unknown config.data.dataset={config.data.dataset!r}; choices: {", ".join(_NATIVE)}')
+    raise ConfigError(f'unknown config.data.dataset={config.data.dataset!r}; choices: {", ".join(_NATIVE)}')
   return name
 
 
@@ -201,13 +202,13 @@ def get_dataset(config, split, augment=False):
   if split == 'eval':
     split = config.data.eval_split
     if split not in _HELD_OUT[name]:
-      raise ValueError(f'config.data.eval_split={split!r} is not a held-out split of {name}; '
+      raise ConfigError(f'config.data.eval_split={split!r} is not a held-out split of {name}; '
                        f'choices: {", ".join(_HELD_OUT[name])}')
   ds = _base_dataset(config, name, split)
   num_train = config.data.get('num_train', 0)
   if split == 'train' and num_train:
     if num_train < 0 or num_train > len(ds):
-      raise ValueError(f'config.data.num_train={num_train} but the {name} training split has '
+      raise ConfigError(f'config.data.num_train={num_train} but the {name} training split has '
                        f'{len(ds)} images; use 0 (all) or a number in 1..{len(ds)}')
     ds = Subset(ds, range(num_train))
   if augment and config.data.random_flip:

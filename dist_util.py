@@ -86,8 +86,8 @@ def mean_over_ranks(tensor):
   return out / world_size()
 
 
-def exit_all(line, wait_s=60.0):
-  """Prints ``line`` and ends the process with exit status 1 (one process: ``sys.exit(line)``).
+def exit_all(line, wait_s=60.0, code=1):
+  """Prints ``line`` and ends the process with exit status ``code`` (1 unless said; one process: print, exit).
 
   Under torchrun this rank first waits, at most ``wait_s`` seconds, until every rank has called exit_all, so
   that ranks that hit the same error (a checkpoint that does not load) each report it before torchrun's agent
@@ -96,7 +96,10 @@ def exit_all(line, wait_s=60.0):
   30-minute timeout (dist.monitored_barrier does, on every rank but 0).
   """
   if not dist.is_initialized() or world_size() == 1:
-    sys.exit(line)
+    if code == 1:
+      sys.exit(line)  # prints the line to stderr, exit status 1
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(code)
   print(line, file=sys.stderr, flush=True)
   try:
     store = dist.distributed_c10d._get_default_store()
@@ -107,7 +110,7 @@ def exit_all(line, wait_s=60.0):
       time.sleep(0.05)
   except Exception:  # no store left (the agent is gone): exit anyway
     pass
-  sys.exit(1)
+  sys.exit(code)
 
 
 def shard(indices):

@@ -2,12 +2,16 @@
 helpers, and headless plotting. Readers never see a half-written file, and a killed write leaves only a
 ``.NAME.*.tmp`` file that ``remove_stale_tmp`` cleans up on the next start."""
 import csv
+import errno
 import glob
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
+
+from errors import StorageError
 
 
 def _umask():
@@ -31,11 +35,32 @@ def atomic_write(path, write_fn, binary=True):
       os.fsync(f.fileno())  # a crash after the rename must not leave a truncated file
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as err:
     if os.path.exists(tmp):
       os.remove(tmp)
+    cause = storage_cause(err, folder)
+    if cause:
+      raise StorageError(f'cannot write {path}: {cause}. Free space there or choose another folder; '
+                         'the files already there are unchanged') from err
     raise
   return path
+
+
+USER_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+
+
+def storage_cause(err, folder):
+  """The user-fixable cause of a failed write, or None: an OSError with a full disk, read-only file system or
+  missing permission, or torch.save's RuntimeError 'file write failed' (what a full disk gives it)."""
+  if isinstance(err, OSError) and err.errno in USER_ERRNOS:
+    return os.strerror(err.errno)
+  if isinstance(err, RuntimeError) and 'write failed' in str(err):
+    try:
+      free = shutil.disk_usage(folder).free
+    except OSError:
+      return 'the file system refused the write'
+    return f'the file system refused the write ({free / 2 ** 20:.1f} MiB free in {folder})'
+  return None
 
 
 def remove_stale_tmp(folder):

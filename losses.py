@@ -2,6 +2,7 @@
 import torch
 
 import rng
+from errors import ConfigError
 
 
 def ddpm_loss(model, schedule, x0, generator, rows=None):
@@ -25,7 +26,7 @@ def ddpm_loss(model, schedule, x0, generator, rows=None):
 def get_optimizer(config, params):
   """Adam(lr, (beta1, beta2), eps, weight_decay) from ``config.optim``."""
   if config.optim.optimizer != 'Adam':
-    raise ValueError(f'config.optim.optimizer={config.optim.optimizer!r} is not supported; use "Adam"')
+    raise ConfigError(f'config.optim.optimizer={config.optim.optimizer!r} is not supported; use "Adam"')
   return torch.optim.Adam(params, lr=config.optim.lr, betas=(config.optim.beta1, config.optim.beta2),
                           eps=config.optim.eps, weight_decay=config.optim.weight_decay,
                           foreach=True)  # multi-tensor update; PyTorch's CPU default is the slower per-tensor loop

@@ -89,6 +89,7 @@ def run_mode(mode, config, workdir, **kwargs):
 
 def main(argv):
   del argv
+  from errors import Preempted
   logging.getLogger().setLevel(logging.INFO)
   kwargs = {'sample_out': FLAGS.sample_out} if FLAGS.mode == 'sample' else {}
   try:
@@ -96,6 +97,9 @@ def main(argv):
   except input_errors() as err:  # bad input: one clear line, no traceback
     import dist_util  # under torchrun every failing rank reports its line before the group stops
     dist_util.exit_all(f'error: {type(err).__name__}: {err}', wait_s=30)
+  except Preempted as err:  # SIGTERM / SIGINT: the checkpoint of the current step is on disk
+    import dist_util
+    dist_util.exit_all(f'stopped: {err}', wait_s=30, code=err.exit_code)
 
 
 def _check_arguments(argv):

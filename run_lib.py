@@ -4,6 +4,8 @@ The workdir layout is owned by ``workdir.py``; sampling (the snapshot grids too)
 """
 import contextlib
 import logging
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -17,7 +19,7 @@ import rng
 import sampling
 import sde_lib
 import workdir as wd
-from errors import InputError
+from errors import ConfigError, InputError, Preempted
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 
@@ -55,7 +57,7 @@ class _StepBatches(torch.utils.data.Sampler):
 
   def __init__(self, num_items, batch_size, seed, start_step, rank=0, world_size=1):
     if num_items < batch_size:
-      raise ValueError(f'training.batch_size={batch_size} exceeds the {num_items} training images; '
+      raise ConfigError(f'training.batch_size={batch_size} exceeds the {num_items} training images; '
                        'lower --config.training.batch_size')
     self.n, self.b, self.seed, self.start = num_items, batch_size, seed, start_step
     self.per_epoch = num_items // batch_size
@@ -191,6 +193,8 @@ def _start(config, workdir, device):
   model, ema, optimizer = build_state(config, device)
   step = restore_for_training(config, workdir, model, ema, optimizer, device)
   _match_layout(model, ema, optimizer)
+  logging.info('training precision %s (training.precision=%s)',
+               mutils.resolve_precision(device, config.training.precision), config.training.precision)
   return schedule, model, ema, optimizer, step
 
 
@@ -229,16 +233,47 @@ def _step_model(model, compile_model):
   return torch.compile(model, dynamic=False) if compile_model else model
 
 
+@contextlib.contextmanager
+def _stop_signals():
+  """While training: SIGTERM and SIGINT (what SLURM and most schedulers send before they kill a job, and Ctrl-C) only
+  record the signal, so the step in progress finishes and a checkpoint of it is written (``_train``); a second
+  signal stops at once. The previous handlers come back afterwards. Yields the list of received signal numbers.
+  Signal handlers can only be set in the main thread; elsewhere the signals keep their handlers."""
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+
+  def handler(signum, frame):
+    if received:
+      raise Preempted(f'{signal.Signals(signum).name} again: stopped at once, without waiting for the checkpoint '
+                      'of this step; the newest checkpoint on disk is kept and the next run resumes from it', signum)
+    received.append(signum)
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def _stop_requested(received, device):
+  """The signal to stop on, or 0; every rank agrees (a signal to any rank stops all of them after the same step)."""
+  anyone = dist_util.mean_over_ranks(torch.tensor(float(bool(received)), device=device)).item() > 0
+  return (received[0] if received else signal.SIGTERM) if anyone else 0
+
+
 def train(config, workdir):
   """Trains the DDPM of ``config`` in ``workdir``; resumes from the newest checkpoint if there is one.
 
-  Returns (model, ema). Only rank 0 writes; every rank resumes from the same checkpoint.
+  Returns (model, ema). Only rank 0 writes; every rank resumes from the same checkpoint. On SIGTERM / SIGINT it
+  writes the preemption checkpoint of the step in progress and raises errors.Preempted.
   """
-  with _tf32(config.training.tf32):
-    return _train(config, workdir)
+  with _tf32(config.training.tf32), _stop_signals() as received:
+    return _train(config, workdir, received)
 
 
-def _train(config, workdir):
+def _train(config, workdir, received=()):
   dist_util.init()
   device, main = dist_util.get_device(config), dist_util.is_main()
   schedule, model, ema, optimizer, step = _start(config, workdir, device)
@@ -278,6 +313,13 @@ def _train(config, workdir):
         path = snapshot_grid(config, workdir, model, ema, schedule, step, device)
         if main:
           writer.add_image('samples', _read_png(path), step, dataformats='HWC')
+      signum = _stop_requested(received, device)
+      if signum:
+        if saved != step:
+          _check_finite(model, ema, step)
+          _save(workdir, config, model, ema, optimizer, step, meta_only=True)
+        raise Preempted(f'{signal.Signals(signum).name} at step {step}: wrote {wd.meta_checkpoint_path(workdir)}; '
+                        'run the same command again to resume from it', signum)
   except FloatingPointError as err:  # a diverged run: say what is on disk and what to do
     raise FloatingPointError(f'{err} {_resume_advice(saved)}') from None
   finally:

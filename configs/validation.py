@@ -1,21 +1,18 @@
 """Checks a resolved config before any work starts; every error names the offending field."""
-from errors import InputError
+from errors import ConfigError, InputError  # noqa: F401 (ConfigError: the public name validation.ConfigError)
 from models.ddpm import num_groups
 from models.utils import PRECISIONS  # training.precision / eval.precision (models.utils.autocast)
+from samplers import SAMPLERS
 
 DATASETS = ('MNIST', 'CIFAR10', 'CELEBA', 'IMAGENET64', 'DIGITS', 'MNIST5K', 'MOLRG')
 MODELS = ('ddpm',)
 VARIANTS = ('ssb', 'score_sde')
-METHODS = ('ddpm', 'ddim', 'pndm')
+METHODS = tuple(SAMPLERS)  # sampling.method, eval.methods: the samplers' registry is the one list
 INITS = ('normal', 'gls')
 GRIDS = ('late_start', 'uniform', 'quad')
 PNDM_VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
 GLS_FITS = ('exact', 'monte_carlo')
 FID_BACKENDS = ('auto', 'torch', 'onnxruntime')  # fid_backend.BACKENDS (tests/test_configs.py)
-
-
-class ConfigError(InputError):
-  """A config value that cannot work; the message names the field and what to do."""
 
 
 def _require(ok, field, value, why):
@@ -64,6 +61,10 @@ def validate_config(config):
   _require(0 < config.model.beta_min < config.model.beta_max, 'model.beta_min', config.model.beta_min,
            'need 0 < beta_min < beta_max')
   _require(config.optim.warmup >= 0, 'optim.warmup', config.optim.warmup, 'must be >= 0')
+  _choice(config, 'optim.optimizer', ('Adam',))
+  _require(config.optim.lr <= 1.0, 'optim.lr', config.optim.lr, 'must be in (0, 1] (the paper trains at 2e-4)')
+  _require(not config.model.scale_by_sigma, 'model.scale_by_sigma', config.model.scale_by_sigma,
+           'is for NCSN-style models; the DDPM predicts eps, set it False')
   _validate_sampling(config)
   _validate_analysis(config)
   _validate_eval(config)
@@ -81,7 +82,11 @@ def _validate_fast_paths(config):
 
 
 def _validate_eval(config):
+  e = config.eval
   _choice(config, 'eval.fid_backend', FID_BACKENDS)
+  _require(e.num_samples >= 2, 'eval.num_samples', e.num_samples, 'FID and KID need at least 2 samples per cell')
+  _require(len(e.methods) >= 1, 'eval.methods', tuple(e.methods), f'name at least one sampler of {METHODS}')
+  _require(len(e.num_steps) >= 1, 'eval.num_steps', tuple(e.num_steps), 'name at least one step count n')
 
 
 def _validate_analysis(config):
@@ -112,6 +117,10 @@ def _validate_sampling(config):
   _require(s.num_steps <= s.t_start + 1, 'sampling.num_steps', s.num_steps,
            f'cannot exceed t_start + 1 = {s.t_start + 1} distinct timesteps')
   _require(s.gls_rank >= 0, 'sampling.gls_rank', s.gls_rank, 'must be >= 0 (0 = full covariance)')
+  _require(s.eta == -1 or 0 <= s.eta <= 1, 'sampling.eta', s.eta,
+           'must be in [0, 1] (DDIM eta: 0 deterministic, 1 the fast DDPM) or -1 for the method\'s own')
+  _require(s.checkpoint >= -1, 'sampling.checkpoint', s.checkpoint,
+           'must be a snapshot index >= 0 (checkpoints/checkpoint_{index}.pth) or -1 for the newest')
   for m in config.eval.methods:
     _require(m in METHODS, 'eval.methods', tuple(config.eval.methods), f'{m!r} is not one of {METHODS}')
   for n in config.eval.num_steps:

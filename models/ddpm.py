@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from errors import InputError
+from errors import ConfigError, InputError
 from models import layers
 
 VARIANTS = ('ssb', 'score_sde')
@@ -83,7 +83,7 @@ class DDPM(nn.Module):
     self.centered = config.data.centered
     self.scale_by_sigma = config.model.get('scale_by_sigma', False)
     if self.scale_by_sigma:
-      raise ValueError('config.model.scale_by_sigma=True is for NCSN-style models; DDPM predicts eps, set it False')
+      raise ConfigError('config.model.scale_by_sigma=True is for NCSN-style models; DDPM predicts eps, set it False')
     resamp_with_conv = config.model.resamp_with_conv
     channels = config.data.num_channels
     # GroupNorm groups: 32 in the published models (nf 128: 4 channels per group). With one channel per group

@@ -96,3 +96,27 @@ def test_save_npz_round_trip(tmp_path):
     np.testing.assert_array_equal(data['samples'], x)
     assert int(data['step']) == 7
   assert os.listdir(tmp_path) == ['x.npz']
+
+
+@pytest.mark.parametrize('error', [OSError(28, 'No space left on device'), OSError(30, 'Read-only file system'),
+                                   RuntimeError('[enforce fail at inline_container.cc:664] . PytorchStreamWriter '
+                                                'failed writing file data/0: file write failed')])
+def test_a_refused_write_is_one_storage_error_naming_the_path_and_keeps_the_old_file(tmp_path, error):
+  """A full disk (torch.save reports it as 'file write failed') or a read-only file system: StorageError, a one-line
+  input error that names the path; the file already there is unchanged and no temp file is left."""
+  from errors import InputError, StorageError
+  path = tmp_path / 'checkpoint.pth'
+  path.write_text('old')
+
+  def fail(f):
+    f.write(b'partial')
+    raise error
+  with pytest.raises(StorageError, match=str(path)) as info:
+    io_util.atomic_write(str(path), fail)
+  assert isinstance(info.value, InputError) and len(str(info.value).splitlines()) == 1
+  assert path.read_text() == 'old' and sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint.pth']
+
+
+def test_other_write_errors_keep_their_type(tmp_path):
+  with pytest.raises(ZeroDivisionError):
+    io_util.atomic_write(str(tmp_path / 'x'), lambda f: 1 / 0)

@@ -204,3 +204,71 @@ def test_the_lock_is_removed_after_an_input_error_inside_the_mode(tmp_path):
   _one_line_error(_main(workdir, 'train', *TINY), 'CheckpointError', 'checkpoint_1.pth', 'restart_unreadable')
   assert not (workdir / '.lock_train').exists()
   assert (workdir / 'checkpoints' / 'checkpoint_1.pth').read_bytes() == b'a damaged file'
+
+
+# ------------------------------------------------------------------------------------------ config errors: one line
+@pytest.mark.parametrize('override,field', [
+    ('--config.data.image_size=16', 'data.image_size'),
+    ('--config.training.batch_size=5000', 'training.batch_size'),
+    ('--config.optim.optimizer=SGD', 'optim.optimizer'),
+    ('--config.data.num_train=99999', 'data.num_train'),
+    ('--config.model.scale_by_sigma=True', 'model.scale_by_sigma'),
+    ('--config.data.eval_split=train', 'data.eval_split'),
+    ('--config.optim.lr=1e39', 'optim.lr'),
+    ('--config.sampling.eta=7', 'sampling.eta'),
+    ('--config.sampling.eta=-5', 'sampling.eta'),
+    ('--config.sampling.checkpoint=-2', 'sampling.checkpoint'),
+])
+def test_config_errors_found_late_are_one_line_too(tmp_path, override, field):
+  """Checks that only the data or the model can make (image size, split, sizes) raise the config error type
+  before any training step, so they print one line like validate_config's own checks."""
+  proc = _main(tmp_path / 'w', 'train', *TINY, override)
+  lines = proc.stderr.strip().splitlines()  # the run's own log lines may come first; no traceback anywhere
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr and lines[-1].startswith('error: '), proc.stderr
+  assert 'ConfigError' in lines[-1] and field in lines[-1], lines[-1]
+  assert not list((tmp_path / 'w').glob('checkpoints/*.pth'))  # stopped before any training step
+
+
+@pytest.mark.parametrize('mode,override,field', [
+    ('eval', '--config.eval.num_samples=1', 'eval.num_samples'),
+    ('eval', '--config.eval.methods=()', 'eval.methods'),
+])
+def test_eval_config_errors_before_sampling(tmp_path, mode, override, field):
+  _one_line_error(_main(tmp_path / 'w', mode, override), field)
+
+
+# ------------------------------------------------------------------------------------------ preemption
+def _ema_weights(workdir, index):
+  ckpt = torch.load(wd.checkpoint_path(str(workdir), index), map_location='cpu', weights_only=False)
+  return ckpt['ema']['shadow_params'], ckpt['step']
+
+
+@pytest.mark.parametrize('signum', [15, 2])  # SIGTERM (schedulers' preemption), SIGINT (Ctrl-C)
+def test_signal_writes_the_current_step_and_resume_equals_an_uninterrupted_run(tmp_path, signum):
+  import signal
+  import time
+  args = [*TINY, '--config.training.n_iters=100000', '--config.training.snapshot_freq=100000',
+          '--config.training.snapshot_freq_for_preemption=100000', '--config.training.log_freq=1']
+  cmd = [sys.executable, 'main.py', '--config=configs/ddpm/digits.py', f'--workdir={tmp_path / "a"}', '--mode=train',
+         *args]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+  events = tmp_path / 'a' / 'tensorboard'
+  deadline = time.monotonic() + HANG_GUARD_S
+  while not (events.exists() and any(f.stat().st_size > 200 for f in events.iterdir())):  # a few steps logged
+    assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:] if proc.poll() else ''
+    time.sleep(0.2)
+  proc.send_signal(signum)
+  _, stderr = proc.communicate(timeout=HANG_GUARD_S)
+  assert proc.returncode == 128 + signum, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert 'Traceback' not in stderr and last.startswith('stopped: ') and 'run the same command again' in last, last
+  meta = torch.load(wd.meta_checkpoint_path(str(tmp_path / 'a')), map_location='cpu', weights_only=False)
+  step = int(last.split(' at step ')[1].split(':')[0])
+  assert meta['step'] == step >= 1
+  final = [f'--config.training.n_iters={step + 2}', f'--config.training.snapshot_freq={step + 2}']
+  resumed = _main(tmp_path / 'a', 'train', *args, *final)
+  straight = _main(tmp_path / 'b', 'train', *args, *final)
+  assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr[-2000:] + straight.stderr[-2000:]
+  (wa, sa), (wb, sb) = _ema_weights(tmp_path / 'a', 1), _ema_weights(tmp_path / 'b', 1)
+  assert sa == sb == step + 2 and all(torch.equal(x, y) for x, y in zip(wa, wb))
