@@ -136,7 +136,10 @@ def late_start_moments(config):
   """
   d, path = config.data, wd.moments_path(config)
   if config.sampling.moments_file or os.path.exists(path):
-    return initialisers.load_moments(path, d.dataset, d.image_size, d.num_channels)
+    return initialisers.load_moments(path, d.dataset, d.image_size, d.num_channels,
+                                     fingerprint=datasets.data_fingerprint(config, 'train'))
+  if dist_util.is_main():  # the pass is wasted if its file cannot be written: check the folder first
+    wd.ensure_writable(os.path.dirname(os.path.abspath(path)), 'sampling.stats_dir')
   logging.info('late-start moments not found at %s: computing them (one pass over the training split)', path)
   return write_moments(config)
 
@@ -153,7 +156,8 @@ def write_moments(config):
     acc.update(x)
   moments = {'mean': acc.reduce().mean(), 'cov': acc.cov(), 'count': acc.n}
   if dist_util.is_main():
-    initialisers.save_moments(wd.moments_path(config), moments, d.dataset, d.image_size, d.num_channels)
+    initialisers.save_moments(wd.moments_path(config), moments, d.dataset, d.image_size, d.num_channels,
+                              datasets.data_fingerprint(config, 'train'))
   dist_util.barrier()  # the file is there for every rank afterwards
   return moments
 
@@ -257,13 +261,14 @@ def load_eps_fn(config, workdir, device):
 def sample(config, workdir, sample_out=None):
   """--mode=sample: draws config.sampling.num_samples; writes samples.npz (float32 [0,1] NCHW) and a PNG grid."""
   s, device = config.sampling, dist_util.get_device(config)
-  path = sample_out or wd.sample_path(config, workdir)
   if dist_util.is_main():
-    wd.ensure_writable(os.path.dirname(os.path.abspath(path)), 'the sample output folder')
+    folder = os.path.dirname(os.path.abspath(sample_out)) if sample_out else wd.samples_dir(workdir)
+    wd.ensure_writable(folder, 'the sample output folder')
   from sde_lib import DDPMSchedule
   schedule = DDPMSchedule.from_config(config)
   check_plan(config)  # a bad grid or start fails here, before any work
   eps_fn, step = load_eps_fn(config, workdir, device)
+  path = sample_out or wd.sample_path(config, workdir, step)  # the name holds the checkpoint's step
   plan = sampling_plan(config, schedule)
   images = generate(eps_fn, schedule, plan, s.num_samples, s.batch_size, config.seed, device,
                     datasets.get_data_inverse_scaler(config))

@@ -52,11 +52,22 @@ def snapshot_grid_path(workdir, step):
   return os.path.join(samples_dir(workdir), f'step_{step}.png')
 
 
-def sample_path(config, workdir):
-  """Default --mode=sample output: the file name encodes every setting that changes the samples."""
+def sample_path(config, workdir, step):
+  """Default --mode=sample output: the file name encodes every setting that changes the samples, including the
+  training step of the checkpoint they come from (``step``), e.g.
+  ``ddim_n10_late_start_gls_tc400_exact_step4000_N64_seed42.npz``."""
   s = config.sampling
-  return os.path.join(samples_dir(workdir), f'{s.method}_n{s.num_steps}_{s.grid}_{s.init}_tc{s.t_start}'
-                      f'_N{s.num_samples}_seed{config.seed}.npz')
+  parts = [s.method, f'n{s.num_steps}', s.grid, s.init, f'tc{s.t_start}']
+  if s.method == 'pndm':
+    parts.append(s.pndm_variant)
+  if s.method in ('ddim', 'ddpm') and s.eta >= 0:  # -1: the method's own eta, already named by the method
+    parts.append(f'eta{s.eta:g}')
+  if s.init == 'gls':
+    parts.append(s.gls_fit + (f'-rank{s.gls_rank}' if s.gls_rank else '') + ('-f32' if s.gls_dtype == 'float32' else ''))
+  if config.eval.precision != 'fp32':
+    parts.append(config.eval.precision)
+  parts += [f'step{int(step)}', f'N{s.num_samples}', f'seed{config.seed}']
+  return os.path.join(samples_dir(workdir), '_'.join(parts) + '.npz')
 
 
 def tensorboard_dir(workdir):

@@ -117,6 +117,14 @@ def _other_variant_hint(state, model):
   return ''
 
 
+def _non_finite(tree, prefix=''):
+  """Names of the floating-point tensors in a nested dict / list of tensors that hold a NaN or an inf."""
+  if torch.is_tensor(tree):
+    return [prefix or 'tensor'] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+  items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+  return [name for key, value in items for name in _non_finite(value, f'{prefix}.{key}' if prefix else str(key))]
+
+
 def load_checkpoint(path, model, ema=None, optimizer=None, map_location='cpu'):
   """Load a score_sde / SSB checkpoint into model (and ema, optimizer when given). Returns the step (int).
 
@@ -133,6 +141,10 @@ def load_checkpoint(path, model, ema=None, optimizer=None, map_location='cpu'):
              (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches', shapes)) if keys]
     raise CheckpointError(f'checkpoint {path} does not fit this model; ' + '; '.join(parts) + '.'
                           + _other_variant_hint(state, bare))
+  bad = _non_finite(state) + (_non_finite(ckpt.get('ema')) if ema is not None else [])
+  if bad:  # bytes overwritten inside a file that still unpickles: as unreadable as a truncated one
+    raise CheckpointError(f'checkpoint {path} holds non-finite weights ({len(bad)} tensor(s), e.g. {bad[:3]}): the '
+                          'file is damaged; it is skipped for an older checkpoint where one loads')
   bare.load_state_dict(state, strict=True)
   if ema is not None:
     if not ckpt.get('ema'):
@@ -149,16 +161,37 @@ def load_checkpoint(path, model, ema=None, optimizer=None, map_location='cpu'):
   return int(ckpt.get('step', 0))
 
 
-PRECISIONS = ('fp32', 'bf16')  # config.training.precision / config.eval.precision
+PRECISIONS = ('fp32', 'bf16', 'auto')  # config.training.precision / config.eval.precision
+
+
+def native_bf16(device):
+  """True where ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX512_BF16 or
+  AMX tiles (oneDNN then runs bf16 convolutions and matmuls directly; elsewhere it converts and is slower)."""
+  device = torch.device(device)
+  if device.type == 'cuda':
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+  if device.type != 'cpu':
+    return False
+  cpu = torch.cpu
+  return bool(getattr(cpu, '_is_avx512_bf16_supported', lambda: False)()
+              or getattr(cpu, '_is_amx_tile_supported', lambda: False)())
+
+
+def resolve_precision(device, precision):
+  """'auto' -> 'bf16' where ``device`` has native bf16 (``native_bf16``), else 'fp32'; other values unchanged."""
+  if precision not in PRECISIONS:
+    raise InputError(f'precision={precision!r} is unknown; use one of {PRECISIONS}')
+  if precision == 'auto':
+    return 'bf16' if native_bf16(device) else 'fp32'
+  return precision
 
 
 def autocast(device, precision):
-  """Context for a forward pass in ``precision``: 'fp32' (a no-op context, the exact default) or 'bf16'
-  (torch.autocast to bfloat16 on ``device``'s type, CUDA or CPU; weights and gradients stay float32)."""
+  """Context for a forward pass in ``precision``: 'fp32' (a no-op context, the exact default), 'bf16'
+  (torch.autocast to bfloat16 on ``device``'s type, CUDA or CPU; weights and gradients stay float32) or 'auto'
+  (bf16 where the device computes it natively, fp32 elsewhere: ``resolve_precision``)."""
   import contextlib
-  if precision not in PRECISIONS:
-    raise InputError(f'precision={precision!r} is unknown; use one of {PRECISIONS}')
-  if precision == 'fp32':
+  if resolve_precision(device, precision) == 'fp32':
     return contextlib.nullcontext()
   return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 

@@ -278,18 +278,21 @@ class MomentsError(InputError):
   """A late-start moments file is unreadable or belongs to another dataset / image_size / num_channels."""
 
 
-def save_moments(path, moments, dataset, image_size, num_channels):
+def save_moments(path, moments, dataset, image_size, num_channels, fingerprint):
   """Atomic npz write (io_util.atomic_write: readers never see a partial file, permissions 0666 minus the umask)
-  of mean/cov/count with dataset, image_size, num_channels recorded."""
+  of mean/cov/count with dataset, image_size, num_channels and the data's fingerprint
+  (datasets.data_fingerprint of the training split) recorded."""
   mean = np.asarray(moments['mean'])
   if mean.shape != (num_channels * image_size ** 2,):
     raise ValueError(f'moments of dimension {mean.shape} do not match {num_channels}x{image_size}^2')
   io_util.save_npz(path, mean=mean, cov=np.asarray(moments['cov']), count=int(moments['count']),
-                   dataset=str(dataset).lower(), image_size=int(image_size), num_channels=int(num_channels))
+                   dataset=str(dataset).lower(), image_size=int(image_size), num_channels=int(num_channels),
+                   fingerprint=np.str_(fingerprint))
 
 
-def load_moments(path, dataset, image_size, num_channels):
-  """Loads a save_moments file and checks it matches the config; dict(mean, cov, count).
+def load_moments(path, dataset, image_size, num_channels, fingerprint=None):
+  """Loads a save_moments file and checks it matches the config (and, when given, the data's fingerprint: moments
+  of another subset, e.g. written with data.num_train=16, are refused); dict(mean, cov, count).
 
   FileNotFoundError when missing; MomentsError (one line naming the file) when corrupt or for another config.
   """
@@ -302,6 +305,7 @@ def load_moments(path, dataset, image_size, num_channels):
     with np.load(path) as f:
       found = (str(f['dataset']), int(f['image_size']), int(f['num_channels']))
       out = {'mean': f['mean'], 'cov': f['cov'], 'count': int(f['count'])}
+      stored = str(f['fingerprint']) if 'fingerprint' in f.files else ''
     _check_square(torch.as_tensor(out['mean']), torch.as_tensor(out['cov']))
   except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as err:
     text = str(err).strip().splitlines()
@@ -315,4 +319,9 @@ def load_moments(path, dataset, image_size, num_channels):
   if out['mean'].shape != (num_channels * image_size ** 2,):
     raise MomentsError(f'moments file {path} holds a mean of shape {out["mean"].shape} for {want}: the file is '
                        f'corrupt; delete it and rerun --mode=gauss_stats')
+  if fingerprint is not None and stored != fingerprint:
+    why = ('was written without a data fingerprint (an older version)' if not stored else
+           'was computed on other data (the files, config.data.num_train or the split changed)')
+    raise MomentsError(f'moments file {path} {why}; delete it and rerun --mode=gauss_stats, or point '
+                       'sampling.moments_file at the moments of this data')
   return out

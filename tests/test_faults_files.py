@@ -101,7 +101,7 @@ def test_data_fingerprint_follows_the_data(tmp_path):
 def test_stats_and_moments_files_are_0644(tmp_path, umask022):
   assert _mode(_stats(tmp_path / 's.npz')) == 0o644
   path = str(tmp_path / 'm.npz')
-  init.save_moments(path, {'mean': np.zeros(4), 'cov': np.eye(4), 'count': 5}, 'x', 2, 1)
+  init.save_moments(path, {'mean': np.zeros(4), 'cov': np.eye(4), 'count': 5}, 'x', 2, 1, 'fp')
   assert _mode(path) == 0o644 and sorted(os.listdir(tmp_path)) == ['m.npz', 's.npz']  # no temp files left
 
 
@@ -110,7 +110,7 @@ def test_stats_and_moments_files_are_0644(tmp_path, umask022):
 @pytest.mark.parametrize('keep', [0, 0.5])
 def test_corrupt_moments_file(tmp_path, keep):
   path = str(tmp_path / 'm.npz')
-  init.save_moments(path, {'mean': np.zeros(16), 'cov': np.eye(16), 'count': 5}, 'mnist', 4, 1)
+  init.save_moments(path, {'mean': np.zeros(16), 'cov': np.eye(16), 'count': 5}, 'mnist', 4, 1, 'fp')
   _garble(path, keep)
   with pytest.raises(init.MomentsError) as err:
     init.load_moments(path, 'mnist', 4, 1)

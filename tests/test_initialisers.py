@@ -114,8 +114,10 @@ def test_moments_file_round_trip_and_errors(tmp_path):
   m = init.compute_data_moments([torch.as_tensor(data).reshape(50, 2, 4, 4)])
   path = init.moments_path(str(tmp_path), 'MNIST', 4)
   assert path.endswith('mnist_4_moments.npz')
-  init.save_moments(path, m, 'MNIST', 4, 2)
-  back = init.load_moments(path, 'mnist', 4, 2)
+  init.save_moments(path, m, 'MNIST', 4, 2, 'fingerprint-a')
+  back = init.load_moments(path, 'mnist', 4, 2, fingerprint='fingerprint-a')
+  with pytest.raises(ValueError, match='other data'):  # moments of another subset are refused, as FID statistics
+    init.load_moments(path, 'mnist', 4, 2, fingerprint='fingerprint-b')
   np.testing.assert_array_equal(back['cov'], m['cov'])
   assert back['count'] == 50
   with pytest.raises(ValueError, match='dataset'):

@@ -227,6 +227,30 @@ def test_bad_files_raise_checkpoint_error(tmp_path, fixtures_dir):
     mutils.load_checkpoint(other, model)
 
 
+@pytest.mark.parametrize('part', ['model', 'ema'])
+def test_checkpoint_with_non_finite_weights_is_unreadable_and_skipped(tmp_path, part):
+  """A checkpoint damaged inside (a weight overwritten while the file still unpickles) is refused like a truncated
+  one, and the newest-checkpoint search falls back to the older file instead of sampling NaNs."""
+  import sampling
+  import workdir as wd
+  model = mutils.create_model(tiny_config())
+  ema = ExponentialMovingAverage(model.parameters(), decay=0.9)
+  workdir = str(tmp_path)
+  os.makedirs(wd.checkpoint_dir(workdir))
+  for index in (1, 2):
+    mutils.save_checkpoint(wd.checkpoint_path(workdir, index), model, ema, None, step=index)
+  damaged = wd.checkpoint_path(workdir, 2)
+  ckpt = torch.load(damaged, weights_only=False)
+  tensor = next(iter(ckpt['model'].values())) if part == 'model' else ckpt['ema']['shadow_params'][3]
+  tensor.view(-1)[0] = float('nan')
+  torch.save(ckpt, damaged)
+  with pytest.raises(mutils.CheckpointError, match='non-finite'):
+    mutils.load_checkpoint(damaged, model, ema)
+  fresh = mutils.create_model(tiny_config())
+  assert sampling.restore_checkpoint(workdir, fresh, ExponentialMovingAverage(fresh.parameters(), 0.9)) == 1
+  assert all(bool(torch.isfinite(p).all()) for p in fresh.parameters())
+
+
 def test_ema_update_matches_formula():
   p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
   ema = ExponentialMovingAverage([p], decay=0.9)

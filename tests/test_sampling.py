@@ -13,6 +13,7 @@ import sde_lib
 from errors import InputError
 from models import utils as mutils
 from samplers import grids
+from test_workdir import unwritable_folder  # noqa: F401 (a fixture)
 
 SCHEDULE = sde_lib.DDPMSchedule()
 
@@ -110,7 +111,32 @@ def test_sample_mode_writes_npz_and_grid(trained, tmp_path):
   assert glob.glob(os.path.join(config.sampling.stats_dir, 'digits_8_moments.npz'))  # cached on first use
   out = sampling.sample(config, workdir, sample_out=str(tmp_path / 'mine.npz'))
   np.testing.assert_array_equal(np.load(out)['samples'], x)  # seeded per sample: reproducible
-  assert sampling.sample(config, workdir).endswith('ddim_n3_late_start_gls_tc500_N8_seed42.npz')
+  assert sampling.sample(config, workdir).endswith('ddim_n3_late_start_gls_tc500_exact_step20_N8_seed42.npz')
+
+
+def test_sample_names_differ_for_every_setting_that_changes_the_samples(tiny_config):
+  """The default file name holds the checkpoint's step, eta, the PNDM variant and the late-start fit, so two runs
+  that differ in any of them never overwrite each other's file."""
+  import workdir as wd
+  base = wd.sample_path(tiny_config, 'w', 20)
+  changes = [('sampling.method', 'pndm'), ('sampling.eta', 0.5), ('sampling.init', 'gls'), ('eval.precision', 'bf16')]
+  names = {base, wd.sample_path(tiny_config, 'w', 10)}
+  for field, value in changes:
+    c = tiny_config.copy_and_resolve_references()
+    section, key = field.split('.')
+    c[section][key] = value
+    names.add(wd.sample_path(c, 'w', 20))
+  gls = tiny_config.copy_and_resolve_references()
+  gls.sampling.init = 'gls'
+  for field, value in (('gls_fit', 'monte_carlo'), ('gls_rank', 8), ('gls_dtype', 'float32')):
+    c = gls.copy_and_resolve_references()
+    c.sampling[field] = value
+    names.add(wd.sample_path(c, 'w', 20))
+  pndm = tiny_config.copy_and_resolve_references()
+  pndm.sampling.method = 'pndm'
+  pndm.sampling.pndm_variant = 'plms'
+  names.add(wd.sample_path(pndm, 'w', 20))
+  assert len(names) == 10
 
 
 def test_sample_refuses_random_weights(trained, tmp_path):
@@ -145,3 +171,21 @@ def test_sample_checks_its_output_folder_before_work(trained, tmp_path, monkeypa
   monkeypatch.setattr(sampling, 'generate', lambda *a, **k: pytest.fail('sampled before checking the output'))
   with pytest.raises(InputError, match='is a file'):
     sampling.sample(config, workdir, sample_out=str(target / 'x.npz'))
+
+
+def test_moments_of_another_data_subset_are_refused(tiny_config):
+  """Moments written with data.num_train=16 do not silently serve a run on the full training split."""
+  from samplers.initialisers import MomentsError
+  tiny_config.data.num_train = 16
+  sampling.write_moments(tiny_config)
+  assert sampling.late_start_moments(tiny_config)['count'] == 16
+  tiny_config.data.num_train = 0
+  with pytest.raises(MomentsError, match='other data'):
+    sampling.late_start_moments(tiny_config)
+
+
+def test_moments_pass_checks_the_stats_dir_first(tiny_config, unwritable_folder):
+  """A gls run whose moments must be computed into a read-only folder fails before the pass, naming the field."""
+  tiny_config.sampling.stats_dir = str(unwritable_folder)
+  with pytest.raises(InputError, match='sampling.stats_dir'):
+    sampling.late_start_moments(tiny_config)
