@@ -206,3 +206,17 @@ def test_fast_paths_are_valid_and_unknown_precision_fails_early(tiny_config):
   validation.validate_config(tiny_config)
   with pytest.raises(InputError, match='precision'):
     mutils.ema_eps_fn(_random_model(tiny_config), precision='fp16')
+
+
+def test_auto_precision_is_bf16_exactly_where_the_device_has_native_bf16(tiny_config, monkeypatch):
+  """'auto' resolves per device: bf16 on a CPU with AVX512_BF16 / AMX (or a bf16 GPU), fp32 elsewhere."""
+  for native in (True, False):
+    monkeypatch.setattr(mutils, 'native_bf16', lambda device, native=native: native)
+    assert mutils.resolve_precision('cpu', 'auto') == ('bf16' if native else 'fp32')
+    assert mutils.resolve_precision('cpu', 'fp32') == 'fp32' and mutils.resolve_precision('cpu', 'bf16') == 'bf16'
+    assert isinstance(mutils.autocast('cpu', 'auto'), torch.autocast) == native
+  tiny_config.training.precision = tiny_config.eval.precision = 'auto'
+  validation.validate_config(tiny_config)
+  has = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+  monkeypatch.undo()
+  assert mutils.native_bf16('cpu') == has and mutils.native_bf16('meta') is False
