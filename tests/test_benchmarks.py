@@ -25,6 +25,8 @@ SMOKE = {
     'bench_train.py': (False, '3 steps after a 2-step warm-up'),
     'calibrate_threshold.py': (False, 'optimal threshold over seeds [0]'),
     'bench_solver_order.py': (False, '| UniPC (bh2) |'),
+    'mnist_recipe_study.py': (False, '| floor | 0 | real |'),
+    'bench_train_flops.py': (False, '| train step bf16 |'),
     'bench_peer_samplers.py': (True, '| PLMS | PNDMScheduler(skip_prk_steps=True) |'),
     'bench_peer_unet.py': (True, 'same per-tensor sizes: True'),
 }
