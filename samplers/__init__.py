@@ -1,4 +1,4 @@
-"""Samplers (SPEC section 5): plain functions with one signature,
+"""Samplers (docs/samplers.md): plain functions with one signature,
 
   sampler(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False, **options)
 

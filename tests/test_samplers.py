@@ -122,7 +122,7 @@ def test_pndm_gaussian_moments(variant, steps):
 
 # ----------------------------------------------------------------------------- two-point data
 def _two_point_eps_fn(points, schedule=SCHED):
-  """Exact eps of the empirical distribution on ``points`` (K, D): softmax optimal denoiser (SPEC 10)."""
+  """Exact eps of the empirical distribution on ``points`` (K, D) (analysis/denoiser.py)."""
   def eps_fn(x, t):
     a = float(schedule.alpha_bar(t))
     logits = -torch.cdist(x, math.sqrt(a) * points) ** 2 / (2 * (1 - a))
