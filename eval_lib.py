@@ -5,7 +5,8 @@ config.eval.t_starts (only where n <= t_c + 1). Every cell uses the same per-sam
 gls start from the same standard-normal draw z (gls maps z through its covariance factor).
 A finished cell is reused only when everything that changes its result is the same (its ``signature``: the
 checkpoint step, sample count, seed, sampler options, late-start fit and reference statistics); otherwise it
-is recomputed. Outputs in <workdir>/eval/: results.json (every cell; the resume record), results.md /
+is recomputed. Outputs in <workdir>/eval/: results.json (every cell; the resume record), floor.json (real held-out
+images scored as a cell: the table's floor), results.md /
 results.csv (Table-1 shape, best t_c per cell), results_all.csv, fid_vs_tc_{method}.png, grid_{method}_n{n}.png,
 samples/{cell}.npz.
 """
@@ -141,6 +142,21 @@ def score_images(images, inception, ref, config, device):
               kid_std=float(kid_std))
 
 
+def floor_record(config, ctx):
+  """The table's floor: FID / KID of real held-out images (the eval split) against the same training statistics, at
+  the sweep's sample count where the split holds that many (else the whole split; the count is in the record)."""
+  images, _ = datasets.load_arrays(config, 'eval')
+  count = min(int(config.eval.num_samples), len(images))
+  scores = score_images(images[:count].numpy(), ctx['inception'], ctx['ref'], config, ctx['device'])
+  return dict(scores, signature=floor_signature(config, ctx))
+
+
+def floor_signature(config, ctx):
+  return dict(stats_sha256=ctx['stats_sha256'], num_samples=int(config.eval.num_samples),
+              kid_subset_size=int(config.eval.kid_subset_size),
+              eval_fingerprint=datasets.data_fingerprint(config, 'eval'))
+
+
 def sweep_context(config, workdir, needs_gls=True):
   """Everything the cells share: model, reference stats, Inception, late-start moments, the output folder."""
   device = dist_util.get_device(config)
@@ -183,8 +199,15 @@ def evaluate(config, workdir):
                  record['kid'], record['kid_std'], record['seconds'])
   if not dist_util.is_main():
     return None
+  floor_path = os.path.join(outdir, 'floor.json')  # beside results.json, whose values are all cells
+  floor = io_util.load_json(floor_path, {})
+  if floor.get('signature') != floor_signature(config, ctx):
+    floor = floor_record(config, ctx)
+    io_util.save_json(floor, floor_path)
+    logging.info('floor (real held-out images): FID %.2f KID %.4f +- %.4f over %d images', floor['fid'], floor['kid'],
+                 floor['kid_std'], floor['num_samples'])
   done = [results[c['key']] for c in cells]
-  table = tables.write_tables(config, done, outdir)
+  table = tables.write_tables(config, done, outdir, floor=floor)
   tables.plot_fid_vs_tc(config, done, outdir)
   tables.save_comparison_grids(done, outdir)
   print(table)

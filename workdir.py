@@ -63,7 +63,8 @@ def sample_path(config, workdir, step):
   if s.method in ('ddim', 'ddpm') and s.eta >= 0:  # -1: the method's own eta, already named by the method
     parts.append(f'eta{s.eta:g}')
   if s.init == 'gls':
-    parts.append(s.gls_fit + (f'-rank{s.gls_rank}' if s.gls_rank else '') + ('-f32' if s.gls_dtype == 'float32' else ''))
+    rank = f'-rank{s.gls_rank}' if s.gls_rank else ''
+    parts.append(s.gls_fit + rank + ('-f32' if s.gls_dtype == 'float32' else ''))
   if config.eval.precision != 'fp32':
     parts.append(config.eval.precision)
   parts += [f'step{int(step)}', f'N{s.num_samples}', f'seed{config.seed}']

@@ -36,7 +36,8 @@ def cpu_line():
     out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
   except OSError:
     out = ''
-  model = next((ln.split(':', 1)[1].strip() for ln in out.splitlines() if ln.startswith('Model name')), platform.processor())
+  names = [ln.split(':', 1)[1].strip() for ln in out.splitlines() if ln.startswith('Model name')]
+  model = names[0] if names else platform.processor()
   flags = sorted({f for f in ('avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile') if f in out.split()})
   return (f'CPU {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, flags {flags}; '
           f'native bf16 (models.utils.native_bf16): {mutils.native_bf16("cpu")}')
@@ -78,7 +79,8 @@ def variants(config, batch, size):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--config', default=os.path.join(os.path.dirname(__file__), '..', 'configs', 'ddpm', 'mnist5k.py'))
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+  parser.add_argument('--config', default=os.path.join(root, 'configs', 'ddpm', 'mnist5k.py'))
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--smoke', action='store_true')
   args = parser.parse_args()

@@ -1,14 +1,15 @@
 """The MNIST training-recipe study: sample quality against training steps, per recipe (BENCHMARKS.md, "MNIST recipes").
 
   python benchmarks/mnist_recipe_study.py [--recipes A_lr1e-3_bs64,...] [--root workdirs/study] [--num_samples 1000]
-      [--ddpm_full_at 12000] [--eval_only] [--smoke]
+      [--ddpm_full_at 12000] [--steps 2000,6000] [--fp32_at 4000] [--eval_only] [--smoke]
 
 For each recipe (RECIPES: overrides of configs/ddpm/mnist5k.py) it trains in ROOT/<recipe> (run_lib.train, resumable:
 run the same command again after a stop), then scores the EMA weights of every snapshot checkpoint with
   * vanilla DDIM, 100 steps (late_start grid from t = 999), and the sweep's n = 10 cells: DDIM and fast DDPM;
   * the 1,000-step ancestral DDPM (the full chain), only at the steps in --ddpm_full_at (it costs 1,000 network
     calls per sample, ten times the 100-step DDIM);
-each with --num_samples samples (the same per-sample seeds everywhere), FID and KID against the training-split
+the last scored checkpoint's (or --fp32_at's) n = 10 cells also with the network in fp32, to show what bf16 sampling
+changes; each with --num_samples samples (the same per-sample seeds everywhere), FID and KID against the training-split
 statistics (written first if missing). Rows already in ROOT/study.csv with the same (recipe, step, sampler, n,
 num_samples) are kept, so the study resumes row by row. Writes ROOT/study.csv, ROOT/study.md and ROOT/study.png
 (FID against training step, one line per recipe and sampler). The floor (real held-out images) is a row too.
@@ -18,6 +19,7 @@ import argparse
 import csv
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
@@ -51,7 +53,8 @@ FIELDS = ['recipe', 'step', 'sampler', 'n', 'nfe', 'precision', 'num_samples', '
 def recipe_config(name, smoke=False):
   if smoke:
     from configs.ddpm import digits as base
-    overrides = {'data.num_train': 32, 'training.n_iters': 2, 'training.snapshot_freq': 2, 'training.snapshot_sampling': False,
+    overrides = {'data.num_train': 32, 'training.n_iters': 2, 'training.snapshot_freq': 2,
+                 'training.snapshot_sampling': False,
                  'training.batch_size': 16, 'eval.num_samples': 8, 'eval.batch_size': 8, 'eval.kid_subset_size': 4}
   else:
     from configs.ddpm import mnist5k as base
@@ -82,6 +85,8 @@ def score_checkpoint(config, workdir, index, method, n, ctx, num_samples, precis
 
 def run_recipe(name, root, rows, args):
   config = recipe_config(name, args.smoke)
+  if args.smoke:
+    config.sampling.stats_dir = os.path.join(root, 'stats')
   config.eval.num_samples = min(args.num_samples, config.eval.num_samples) if args.smoke else args.num_samples
   workdir = os.path.join(root, name)
   if not args.eval_only:
@@ -104,12 +109,15 @@ def run_recipe(name, root, rows, args):
   full_at = {int(s) for s in args.ddpm_full_at}
   meta = wd.meta_checkpoint_path(workdir)
   snapshots = sorted((s, p) for s, p in wd.checkpoints(workdir) if s is not None and p != meta)
+  if args.steps:
+    snapshots = [(s_, p) for s_, p in snapshots if s_ in {int(v) for v in args.steps}]
+  fp32_at = {int(v) for v in args.fp32_at} if args.fp32_at else {s_ for s_, _ in snapshots[-1:]}
   for step, path in snapshots:
     index = int(os.path.basename(path)[len('checkpoint_'):-len('.pth')])
-    cells = [(m, n, precision) for m, n in (SMOKE_CELLS if args.smoke else CELLS)] + ([('ddpm', config.model.num_scales, precision)]
-                                                      if step in full_at else [])
-    if step == snapshots[-1][0] and precision != 'fp32':
-      cells.append(('ddim', 10, 'fp32'))
+    cells = [(m, n, precision) for m, n in (SMOKE_CELLS if args.smoke else CELLS)]
+    cells += [('ddpm', config.model.num_scales, precision)] if step in full_at else []
+    if step in fp32_at and precision != 'fp32':
+      cells += [('ddim', 10, 'fp32'), ('ddpm', 10, 'fp32')]
     for method, n, prec in cells:
       if (name, step, method, n, prec, n_samples) in done:
         continue
@@ -160,14 +168,28 @@ def main():
   parser.add_argument('--root', default=os.path.join('workdirs', 'study'))
   parser.add_argument('--num_samples', type=int, default=1000)
   parser.add_argument('--ddpm_full_at', default='12000', help='comma-separated steps that also get 1,000-step DDPM')
+  parser.add_argument('--steps', default='', help='comma-separated checkpoint steps to score (default: every one)')
+  parser.add_argument('--fp32_at', default='', help='steps whose n = 10 cells are also sampled in fp32 (default: '
+                      'the last scored checkpoint)')
   parser.add_argument('--eval_only', action='store_true', help='score the checkpoints there, train no further')
   parser.add_argument('--smoke', action='store_true', help='a tiny digits model, 8 samples (a run check)')
   args = parser.parse_args()
   args.ddpm_full_at = [s for s in args.ddpm_full_at.split(',') if s]
+  args.steps = [s for s in args.steps.split(',') if s]
+  args.fp32_at = [s for s in args.fp32_at.split(',') if s]
   names = ['smoke'] if args.smoke else [r for r in args.recipes.split(',') if r]
   unknown = [r for r in names if r not in RECIPES and not args.smoke]
   if unknown:
     parser.error(f'unknown recipe(s) {unknown}; choose from {sorted(RECIPES)}')
+  if args.smoke:  # everything (runs, statistics, tables) in a temporary folder that is removed afterwards
+    with tempfile.TemporaryDirectory() as tmp:
+      args.root = tmp
+      study(names, args)
+    return
+  study(names, args)
+
+
+def study(names, args):
   os.makedirs(args.root, exist_ok=True)
   rows = load_rows(args.root)
   for name in names:

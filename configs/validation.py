@@ -1,5 +1,5 @@
 """Checks a resolved config before any work starts; every error names the offending field."""
-from errors import ConfigError, InputError  # noqa: F401 (ConfigError: the public name validation.ConfigError)
+from errors import ConfigError  # noqa: F401 (validation.ConfigError stays a public name; it lives in errors.py)
 from models.ddpm import num_groups
 from models.utils import PRECISIONS  # training.precision / eval.precision (models.utils.autocast)
 from samplers import SAMPLERS

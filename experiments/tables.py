@@ -6,10 +6,9 @@ import numpy as np
 import torch
 
 import io_util
+from samplers import SAMPLERS
 
-COLUMNS = [('ddpm', 'gls'), ('ddpm', 'normal'), ('ddim', 'gls'), ('ddim', 'normal'), ('pndm', 'gls'),
-           ('pndm', 'normal')]
-COLUMN_NAMES = {'ddpm': 'DDPM', 'ddim': 'DDIM', 'pndm': 'PNDM'}
+COLUMN_NAMES = {'ddpm': 'DDPM', 'ddim': 'DDIM', 'pndm': 'PNDM', 'dpmpp_2m': 'DPM-Solver++', 'unipc': 'UniPC'}
 ALL_KEYS = ['method', 'num_steps', 'init', 't_start', 'grid', 'nfe', 'num_samples', 'checkpoint_step', 'fid',
             'kid', 'kid_std', 'seconds']
 
@@ -24,18 +23,29 @@ def best_cells(cells):
   return best
 
 
+def columns(cells):
+  """[(method, init)] of the table, gls before vanilla, for the methods in ``cells`` in samplers.SAMPLERS order
+  (the paper's Table 1 has DDPM, DDIM, PNDM; the modern solvers follow)."""
+  present = {r['method'] for r in cells}
+  return [(m, init) for m in SAMPLERS if m in present for init in ('gls', 'normal')]
+
+
 def row_name(method, init):
   return ('gls-' if init == 'gls' else '') + COLUMN_NAMES[method]
 
 
-def write_tables(config, cells, outdir):
-  """results.md / results.csv in the shape of the paper's Table 1, and results_all.csv; returns the markdown."""
+def write_tables(config, cells, outdir, floor=None):
+  """results.md / results.csv in the shape of the paper's Table 1, and results_all.csv; returns the markdown.
+
+  floor: the record of real held-out images scored as a cell (eval_lib.floor_record), shown under the table: what
+  real data scores against the same statistics at (about) the same count."""
   best, name = best_cells(cells), config.data.dataset
-  header = ['Dataset', 'n'] + [row_name(m, init) for m, init in COLUMNS]
+  cols = columns(cells)
+  header = ['Dataset', 'n'] + [row_name(m, init) for m, init in cols]
   md_rows, csv_rows = [], []
   for n in sorted({r['num_steps'] for r in cells}, reverse=True):
     row = [name, str(n)]
-    for method, init in COLUMNS:
+    for method, init in cols:
       r = best.get((method, n, init))
       row.append('-' if r is None else f"{r['fid']:.2f} (t_c={r['t_start']}, NFE={r['nfe']})")
       if r is not None:
@@ -49,6 +59,11 @@ def write_tables(config, cells, outdir):
   note = (f'\nFID against the training-split statistics, {counts} samples per cell, checkpoint step {steps}; grid '
           f'"{cells[0]["grid"]}" (samplers/grids.py); vanilla = N(0, I) at t_c=T-1; gls = Gaussian late start, best '
           f't_c of {t_cs}. NFE = network calls. KID (with its standard error over subsets): results_all.csv.\n')
+  if floor is not None:
+    note += (f'Floor: real held-out images (the eval split, {floor["num_samples"]} images) score FID '
+             f'{floor["fid"]:.2f}, KID {floor["kid"]:.4f} +- {floor["kid_std"]:.4f} against the same statistics.\n')
+    csv_rows.append([name, '', 'real held-out (floor)', f"{floor['fid']:.4f}", f"{floor['kid']:.5f}",
+                     f"{floor['kid_std']:.5f}", '', 0, floor['num_samples'], '', ''])
   table = io_util.markdown_table(header, md_rows) + note
   io_util.write_text(os.path.join(outdir, 'results.md'), table)
   io_util.write_csv(os.path.join(outdir, 'results.csv'), ['dataset', 'n', 'column', 'fid', 'kid', 'kid_std', 't_c',

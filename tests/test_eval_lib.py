@@ -53,6 +53,10 @@ def test_sweep_writes_tables_plots_grids_and_resumes(trained, monkeypatch):
     assert os.path.exists(os.path.join(out, name)), name
   table = open(os.path.join(out, 'results.md')).read()
   assert '| DIGITS | 3 |' in table and 't_c=400' in table and '[8] samples' in table and 'step [20]' in table
+  floor = json.load(open(os.path.join(out, 'floor.json')))  # real held-out images scored as a cell
+  assert floor['num_samples'] == 8 and np.isfinite(floor['fid']) and floor['kid_std'] >= 0
+  assert f"Floor: real held-out images (the eval split, 8 images) score FID {floor['fid']:.2f}" in table
+  assert 'real held-out (floor)' in open(os.path.join(out, 'results.csv')).read()
   # Vanilla and gls start from the same per-sample seeds but differ after the start.
   v = np.load(os.path.join(out, results['ddim_n3_normal_tc999_late_start']['samples']))['samples']
   g = np.load(os.path.join(out, results['ddim_n3_gls_tc400_late_start']['samples']))['samples']
@@ -63,8 +67,9 @@ def test_sweep_writes_tables_plots_grids_and_resumes(trained, monkeypatch):
   real_run_cell = eval_lib.run_cell
   monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell['key']) or
                       real_run_cell(c, cell, ctx))
+  monkeypatch.setattr(eval_lib, 'floor_record', lambda c, ctx: calls.append('floor'))
   eval_lib.evaluate(config, workdir)
-  assert calls == []
+  assert calls == []  # nor the floor
   config.eval.t_starts = (400, 600)
   eval_lib.evaluate(config, workdir)
   assert sorted(calls) == ['ddim_n3_gls_tc600_late_start', 'pndm_n3_gls_tc600_late_start']

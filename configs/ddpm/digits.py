@@ -31,7 +31,7 @@ def get_config():
   # The main job's reduced sweep, sized so that train + fid_stats + eval fit in 15 minutes on 2 CPU cores
   # (the FID Inception runs at ~11 images/s there). Widen it on a bigger machine, e.g.
   # --config.eval.methods="('ddpm','ddim','pndm')" --config.eval.num_steps="(3,5,10)".
-  config.eval.methods = ('ddim', 'pndm')
+  config.eval.methods = ('ddim', 'pndm', 'dpmpp_2m', 'unipc')
   config.eval.num_steps = (3, 5)
   config.eval.t_starts = (200, 400)  # predicted_tc on digits is 405
   config.eval.num_samples = 200

@@ -39,7 +39,7 @@ def get_config():
   config.training.snapshot_num_steps = 100
   config.training.num_workers = 0
   config.sampling.batch_size = 500
-  config.eval.methods = ('ddpm', 'ddim', 'pndm')
+  config.eval.methods = ('ddpm', 'ddim', 'pndm', 'dpmpp_2m', 'unipc')
   config.eval.num_steps = (3, 5, 10)
   config.eval.t_starts = (400, 600, 800)  # measured: 200 was worse than 400 in all 9 (sampler, n); predicted_tc 588
   config.eval.num_samples = 1000
