@@ -65,8 +65,9 @@ def test_predicted_tc_reports_sweep_best(trained):
   os.remove(os.path.join(workdir, 'eval', 'results.json'))
 
 
-def test_diversity_reports_intervals_and_a_test_per_sampler_and_n(trained):
+def test_diversity_reports_intervals_and_a_test_per_sampler_and_n(trained, tmp_path):
   config, workdir = trained
+  config.sampling.stats_dir = str(tmp_path / 'stats')  # the module's moments are of a 16-image subset: refused
   config.analysis.classifier_epochs = 3
   config.sampling.t_start = 400
   config.analysis.diversity_methods, config.analysis.diversity_steps = ('ddim', 'pndm'), (3,)
