@@ -131,7 +131,7 @@ def run_recipe(name, root, rows, args):
 def save(root, rows):
   rows.sort(key=lambda r: (r['recipe'], int(r['step']), r['sampler'], int(r['n'])))
   io_util.write_csv(os.path.join(root, 'study.csv'), FIELDS, [[r[k] for k in FIELDS] for r in rows])
-  md = io_util.markdown_table(FIELDS, [[f'{r[k]:.4f}' if k in ('fid', 'kid', 'kid_std') else str(r[k])
+  md = io_util.markdown_table(FIELDS, [[f'{float(r[k]):.4f}' if k in ('fid', 'kid', 'kid_std') else str(r[k])
                                          for k in FIELDS] for r in rows])
   io_util.write_text(os.path.join(root, 'study.md'), md)
   plot(root, rows)
