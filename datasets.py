@@ -153,14 +153,14 @@ def _check_config(config, name):
     k, rank = d.get('molrg_classes', 2), d.get('molrg_rank', 7)
     if k * rank > dim:
       raise ConfigError(f'MOLRG needs config.data.molrg_classes * config.data.molrg_rank <= D = '
-                       f'num_channels * image_size**2; got {k} * {rank} > {dim}')
+                        f'num_channels * image_size**2; got {k} * {rank} > {dim}')
     return
   if d.image_size not in sizes:
     raise ConfigError(f'config.data.image_size={d.image_size} but {name} images are '
-                     f'{" or ".join(map(str, sizes))} pixels: set config.data.image_size accordingly')
+                      f'{" or ".join(map(str, sizes))} pixels: set config.data.image_size accordingly')
   if d.num_channels != channels:
     raise ConfigError(f'config.data.num_channels={d.num_channels} but {name} has {channels} '
-                     f'channel(s): set config.data.num_channels={channels}')
+                      f'channel(s): set config.data.num_channels={channels}')
 
 
 def _dataset_name(config):
@@ -203,13 +203,13 @@ def get_dataset(config, split, augment=False):
     split = config.data.eval_split
     if split not in _HELD_OUT[name]:
       raise ConfigError(f'config.data.eval_split={split!r} is not a held-out split of {name}; '
-                       f'choices: {", ".join(_HELD_OUT[name])}')
+                        f'choices: {", ".join(_HELD_OUT[name])}')
   ds = _base_dataset(config, name, split)
   num_train = config.data.get('num_train', 0)
   if split == 'train' and num_train:
     if num_train < 0 or num_train > len(ds):
       raise ConfigError(f'config.data.num_train={num_train} but the {name} training split has '
-                       f'{len(ds)} images; use 0 (all) or a number in 1..{len(ds)}')
+                        f'{len(ds)} images; use 0 (all) or a number in 1..{len(ds)}')
     ds = Subset(ds, range(num_train))
   if augment and config.data.random_flip:
     ds = RandomFlip(ds)

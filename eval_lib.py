@@ -142,13 +142,18 @@ def score_images(images, inception, ref, config, device):
               kid_std=float(kid_std))
 
 
-def floor_record(config, ctx):
+def floor_scores(config, ctx):
   """The table's floor: FID / KID of real held-out images (the eval split) against the same training statistics, at
-  the sweep's sample count where the split holds that many (else the whole split; the count is in the record)."""
+  the sweep's sample count where the split holds that many (else the whole split; the count is in the scores).
+  ctx needs 'inception', 'ref' and 'device'."""
   images, _ = datasets.load_arrays(config, 'eval')
   count = min(int(config.eval.num_samples), len(images))
-  scores = score_images(images[:count].numpy(), ctx['inception'], ctx['ref'], config, ctx['device'])
-  return dict(scores, signature=floor_signature(config, ctx))
+  return score_images(images[:count].numpy(), ctx['inception'], ctx['ref'], config, ctx['device'])
+
+
+def floor_record(config, ctx):
+  """floor_scores with the signature that says when they must be recomputed (eval/floor.json)."""
+  return dict(floor_scores(config, ctx), signature=floor_signature(config, ctx))
 
 
 def floor_signature(config, ctx):

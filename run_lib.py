@@ -58,7 +58,7 @@ class _StepBatches(torch.utils.data.Sampler):
   def __init__(self, num_items, batch_size, seed, start_step, rank=0, world_size=1):
     if num_items < batch_size:
       raise ConfigError(f'training.batch_size={batch_size} exceeds the {num_items} training images; '
-                       'lower --config.training.batch_size')
+                        'lower --config.training.batch_size')
     self.n, self.b, self.seed, self.start = num_items, batch_size, seed, start_step
     self.per_epoch = num_items // batch_size
     self.rank, self.world = rank, world_size  # under torchrun each rank takes every world-th row

@@ -268,8 +268,8 @@ def sample(config, workdir, sample_out=None):
   schedule = DDPMSchedule.from_config(config)
   check_plan(config)  # a bad grid or start fails here, before any work
   eps_fn, step = load_eps_fn(config, workdir, device)
-  path = sample_out or wd.sample_path(config, workdir, step)  # the name holds the checkpoint's step
   plan = sampling_plan(config, schedule)
+  path = sample_out or wd.sample_path(config, workdir, step, plan.options)  # the name holds the checkpoint's step
   images = generate(eps_fn, schedule, plan, s.num_samples, s.batch_size, config.seed, device,
                     datasets.get_data_inverse_scaler(config))
   if not dist_util.is_main():

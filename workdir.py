@@ -52,16 +52,14 @@ def snapshot_grid_path(workdir, step):
   return os.path.join(samples_dir(workdir), f'step_{step}.png')
 
 
-def sample_path(config, workdir, step):
-  """Default --mode=sample output: the file name encodes every setting that changes the samples, including the
-  training step of the checkpoint they come from (``step``), e.g.
+def sample_path(config, workdir, step, options):
+  """Default --mode=sample output: the file name encodes every setting that changes the samples: the sampler's
+  ``options`` (the plan's: a string value as itself, a number as name + value, e.g. ``f-pndm``, ``eta0.5``), the
+  late-start fit, the precision and the training step of the checkpoint (``step``), e.g.
   ``ddim_n10_late_start_gls_tc400_exact_step4000_N64_seed42.npz``."""
   s = config.sampling
   parts = [s.method, f'n{s.num_steps}', s.grid, s.init, f'tc{s.t_start}']
-  if s.method == 'pndm':
-    parts.append(s.pndm_variant)
-  if s.method in ('ddim', 'ddpm') and s.eta >= 0:  # -1: the method's own eta, already named by the method
-    parts.append(f'eta{s.eta:g}')
+  parts += [v if isinstance(v, str) else f'{k}{v:g}' for k, v in sorted(options.items())]
   if s.init == 'gls':
     rank = f'-rank{s.gls_rank}' if s.gls_rank else ''
     parts.append(s.gls_fit + rank + ('-f32' if s.gls_dtype == 'float32' else ''))

@@ -25,6 +25,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 import datasets  # noqa: E402
+import dist_util  # noqa: E402
 import eval_lib  # noqa: E402
 import evaluation  # noqa: E402
 import io_util  # noqa: E402
@@ -93,7 +94,7 @@ def run_recipe(name, root, rows, args):
     run_lib.train(config, workdir)
   if not os.path.exists(wd.fid_stats_path(config)):
     eval_lib.fid_stats(config, workdir)
-  device = 'cpu'
+  device = dist_util.get_device(config)
   ctx = dict(device=device, schedule=sde_lib.DDPMSchedule.from_config(config), ref=eval_lib.load_reference(config),
              inverse=datasets.get_data_inverse_scaler(config),
              inception=evaluation.load_inception(config.eval.inception_path, device, backend=config.eval.fid_backend))
@@ -101,8 +102,7 @@ def run_recipe(name, root, rows, args):
   done = {(r['recipe'], int(r['step']), r['sampler'], int(r['n']), r['precision'], int(r['num_samples']))
           for r in rows}
   if ('floor', 0, 'real', 0, '-', n_samples) not in done:
-    images, _ = datasets.load_arrays(config, 'eval')
-    floor = eval_lib.score_images(images[:n_samples].numpy(), ctx['inception'], ctx['ref'], config, device)
+    floor = eval_lib.floor_scores(config, ctx)
     rows.append(dict(recipe='floor', step=0, sampler='real', n=0, nfe=0, precision='-', seconds=0, **floor))
     save(root, rows)
   precision = mutils.resolve_precision(device, config.eval.precision)

@@ -1,6 +1,6 @@
 """Checks a resolved config before any work starts; every error names the offending field."""
 from errors import ConfigError  # noqa: F401 (validation.ConfigError stays a public name; it lives in errors.py)
-from models.ddpm import num_groups
+from models.ddpm import check_model_config, num_groups
 from models.utils import PRECISIONS  # training.precision / eval.precision (models.utils.autocast)
 from samplers import SAMPLERS
 
@@ -63,8 +63,7 @@ def validate_config(config):
   _require(config.optim.warmup >= 0, 'optim.warmup', config.optim.warmup, 'must be >= 0')
   _choice(config, 'optim.optimizer', ('Adam',))
   _require(config.optim.lr <= 1.0, 'optim.lr', config.optim.lr, 'must be in (0, 1] (the paper trains at 2e-4)')
-  _require(not config.model.scale_by_sigma, 'model.scale_by_sigma', config.model.scale_by_sigma,
-           'is for NCSN-style models; the DDPM predicts eps, set it False')
+  check_model_config(config)  # the model's own checks (scale_by_sigma among them) before any work
   _validate_sampling(config)
   _validate_analysis(config)
   _validate_eval(config)

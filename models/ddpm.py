@@ -59,6 +59,8 @@ def check_model_config(config):
     raise InputError(f'config.model.num_res_blocks={m.num_res_blocks} must be >= 1')
   if not 0.0 <= m.dropout < 1.0:
     raise InputError(f'config.model.dropout={m.dropout} must be in [0, 1)')
+  if m.get('scale_by_sigma', False):
+    raise ConfigError('config.model.scale_by_sigma=True is for NCSN-style models; DDPM predicts eps, set it False')
 
 
 class DDPM(nn.Module):
@@ -81,9 +83,7 @@ class DDPM(nn.Module):
     self.all_resolutions = [config.data.image_size // (2 ** i) for i in range(num_resolutions)]
     self.conditional = conditional = config.model.conditional
     self.centered = config.data.centered
-    self.scale_by_sigma = config.model.get('scale_by_sigma', False)
-    if self.scale_by_sigma:
-      raise ConfigError('config.model.scale_by_sigma=True is for NCSN-style models; DDPM predicts eps, set it False')
+    self.scale_by_sigma = config.model.get('scale_by_sigma', False)  # always False: check_model_config refuses True
     resamp_with_conv = config.model.resamp_with_conv
     channels = config.data.num_channels
     # GroupNorm groups: 32 in the published models (nf 128: 4 channels per group). With one channel per group

@@ -118,24 +118,27 @@ def test_sample_names_differ_for_every_setting_that_changes_the_samples(tiny_con
   """The default file name holds the checkpoint's step, eta, the PNDM variant and the late-start fit, so two runs
   that differ in any of them never overwrite each other's file."""
   import workdir as wd
-  base = wd.sample_path(tiny_config, 'w', 20)
+
+  def name(c, step=20):  # as --mode=sample names its file: with the plan's sampler options
+    return wd.sample_path(c, 'w', step, sampling.sampler_options(c.sampling.method, c.sampling))
+  base = name(tiny_config)
   changes = [('sampling.method', 'pndm'), ('sampling.eta', 0.5), ('sampling.init', 'gls'), ('eval.precision', 'bf16')]
-  names = {base, wd.sample_path(tiny_config, 'w', 10)}
+  names = {base, name(tiny_config, 10)}
   for field, value in changes:
     c = tiny_config.copy_and_resolve_references()
     section, key = field.split('.')
     c[section][key] = value
-    names.add(wd.sample_path(c, 'w', 20))
+    names.add(name(c))
   gls = tiny_config.copy_and_resolve_references()
   gls.sampling.init = 'gls'
   for field, value in (('gls_fit', 'monte_carlo'), ('gls_rank', 8), ('gls_dtype', 'float32')):
     c = gls.copy_and_resolve_references()
     c.sampling[field] = value
-    names.add(wd.sample_path(c, 'w', 20))
+    names.add(name(c))
   pndm = tiny_config.copy_and_resolve_references()
   pndm.sampling.method = 'pndm'
   pndm.sampling.pndm_variant = 'plms'
-  names.add(wd.sample_path(pndm, 'w', 20))
+  names.add(name(pndm))
   assert len(names) == 10
 
 
