@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import io_util
 from errors import InputError, one_line
 
 _CELEBA_CROP = 140  # docs/data.md: centre crop 140, then resize to 32 or 64
@@ -180,13 +181,50 @@ class CelebA(Dataset):
     return x.clamp(0., 1.), torch.tensor(0, dtype=torch.int64)
 
 
+_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
+
+
+class ImageFolder(Dataset):
+  """Every image under root/<split>/ (any depth; .png .jpg .jpeg .webp .bmp), in sorted path order: CelebA-HQ's
+  PNGs, or LSUN church / bedroom / cat exported from its lmdb to files (docs/data.md, "Image folders").
+
+  RGB; centre crop to a square of the shorter side, then bicubic antialiased resize to image_size (the
+  preprocessing of Ho et al.'s 256x256 models). Label = 0.
+  """
+
+  def __init__(self, root, split, image_size):
+    folder = os.path.join(root, split)
+    files = []
+    for here, _, names in os.walk(folder):
+      files += [os.path.join(here, n) for n in names if n.lower().endswith(_IMAGE_SUFFIXES)]
+    if not files:
+      raise DatasetNotFoundError('IMAGEFOLDER', folder, [f'*{s}' for s in _IMAGE_SUFFIXES[:2]], _FOLDER_HOW)
+    self.files, self.image_size = sorted(files), image_size
+
+  def __len__(self):
+    return len(self.files)
+
+  def __getitem__(self, i):
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+    path = self.files[i]
+    try:
+      with Image.open(path) as img:
+        img = img.convert('RGB')
+    except (OSError, SyntaxError, ValueError) as err:
+      raise _corrupt(path, err, _FOLDER_HOW) from None
+    side = min(img.size)
+    x = TF.pil_to_tensor(TF.center_crop(img, [side, side])).float() / 255.
+    x = TF.resize(x, [self.image_size, self.image_size], TF.InterpolationMode.BICUBIC, antialias=True)
+    return x.clamp(0., 1.), torch.tensor(0, dtype=torch.int64)
+
+
+_FOLDER_HOW = ('put the training images under <data.root>/train/ and held-out ones under <data.root>/test/ '
+               '(docs/data.md, "Image folders")')
 _CELEBA_HOW = ('get img_align_celeba.zip (extract to img_align_celeba/) and list_eval_partition.txt '
                'from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html')
 _IMAGENET_HOW = ('get Imagenet64_train_part1/2.zip and Imagenet64_val.zip (npz format) from '
                  'https://image-net.org/download-images.php (downsampled images) and unzip them into one folder')
-
-
-_NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)  # a damaged npz
 
 
 def _npz_memmap(path, key):
@@ -229,7 +267,7 @@ class _NpzImages:
           data = npz['data']
       if data.shape != (size, 12288):
         raise ValueError(f'data of shape {data.shape} with {size} labels; (N, 12288) uint8 rows expected')
-    except _NPZ_ERRORS as err:
+    except io_util.NPZ_ERRORS as err:
       raise _corrupt(path, err, _IMAGENET_HOW) from None
     return data
 
@@ -251,7 +289,7 @@ def read_imagenet64(root, split):
     try:
       with np.load(p) as npz:  # an npz reads one member at a time: the images stay on disk
         labels.append(np.asarray(npz['labels'], dtype=np.int64).reshape(-1))
-    except _NPZ_ERRORS as err:
+    except io_util.NPZ_ERRORS as err:
       raise _corrupt(p, err, _IMAGENET_HOW) from None
   for p, lab in zip(paths, labels):
     if len(lab) and lab.min() < 1:

@@ -8,11 +8,10 @@ with :func:`get_data_scaler`, as in score_sde.
 """
 import functools
 import hashlib
-import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 import data_files
 import dist_util
@@ -23,11 +22,14 @@ from data_files import ArrayDataset, DataError, DatasetNotFoundError  # noqa: F4
 _NATIVE = {
     'MNIST': ((28,), 1), 'CIFAR10': ((32,), 3), 'CELEBA': ((32, 64), 3),
     'IMAGENET64': ((64,), 3), 'DIGITS': ((8,), 1), 'MNIST5K': ((28,), 1), 'MOLRG': (None, None),
+    'IMAGEFOLDER': (None, 3),  # any size: centre-cropped and resized to data.image_size
 }
 _HELD_OUT = {  # config.data.eval_split values each data set has
     'MNIST': ('test',), 'CIFAR10': ('test',), 'CELEBA': ('validation', 'test'),
     'IMAGENET64': ('validation',), 'DIGITS': ('test',), 'MNIST5K': ('test',), 'MOLRG': ('test',),
+    'IMAGEFOLDER': ('test',),
 }
+DATASETS = tuple(_NATIVE)  # config.data.dataset (upper case): the one list (configs.validation reads it)
 _DIGITS_TRAIN, _MNIST5K_TRAIN = 1497, 4000  # first n of the fixed permutation; the rest is held out
 _MOLRG_EVAL_PER_CLASS = 100
 
@@ -44,32 +46,6 @@ def get_data_inverse_scaler(config):
   if config.data.centered:
     return lambda x: (x + 1.) / 2.
   return lambda x: x
-
-
-class RandomFlip(Dataset):
-  """Horizontal flip with probability 1/2 (config.data.random_flip, as in score_sde; docs/data.md).
-
-  The generator is made lazily in each process from torch.initial_seed(), which a DataLoader sets
-  per worker and per epoch from its own generator, so flips are reproducible given the loader's
-  generator and differ across workers and epochs.
-  """
-
-  def __init__(self, base):
-    self.base, self._gen, self._pid = base, None, None
-
-  def __len__(self):
-    return len(self.base)
-
-  def __getstate__(self):  # workers make their own generator
-    return {'base': self.base, '_gen': None, '_pid': None}
-
-  def __getitem__(self, i):
-    if self._gen is None or self._pid != os.getpid():
-      self._gen, self._pid = torch.Generator().manual_seed(torch.initial_seed() % 2**63), os.getpid()
-    x, y = self.base[i]
-    if torch.rand((), generator=self._gen) < 0.5:
-      x = torch.flip(x, dims=(-1,))
-    return x, y
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -128,14 +104,28 @@ def molrg_sample(bases: np.ndarray, n_per_class: int, seed: int = 0):
   return np.concatenate(xs), np.concatenate(labels).astype(np.int64)
 
 
+# config.data.molrg_* defaults (Wang et al. 2024's 2 classes of rank 7; configs/ddpm/molrg.py sets them explicitly)
+MOLRG_DEFAULTS = dict(molrg_classes=2, molrg_rank=7, molrg_n_per_class=350, molrg_seed=0)
+
+
+def molrg_params(config):
+  """config.data's molrg_* fields with MOLRG_DEFAULTS for the ones a config does not set: a dict."""
+  return {key: config.data.get(key, value) for key, value in MOLRG_DEFAULTS.items()}
+
+
+def molrg_config_bases(config):
+  """The MoLRG bases a config describes, (K, D, d) float64 with D = num_channels * image_size**2."""
+  d, p = config.data, molrg_params(config)
+  return molrg_bases(d.num_channels * d.image_size ** 2, p['molrg_classes'], p['molrg_rank'], p['molrg_seed'])
+
+
 def _molrg(config, split):
   """MoLRG points reshaped to (C, H, W), model space; train seed molrg_seed, eval seed molrg_seed+1."""
-  d = config.data
+  d, p = config.data, molrg_params(config)
   shape = (d.num_channels, d.image_size, d.image_size)
-  k, rank, seed = d.get('molrg_classes', 2), d.get('molrg_rank', 7), d.get('molrg_seed', 0)
-  bases = molrg_bases(int(np.prod(shape)), k, rank, seed)
+  bases, seed = molrg_config_bases(config), p['molrg_seed']
   if split == 'train':
-    x, y = molrg_sample(bases, d.get('molrg_n_per_class', 350), seed)
+    x, y = molrg_sample(bases, p['molrg_n_per_class'], seed)
   else:
     x, y = molrg_sample(bases, _MOLRG_EVAL_PER_CLASS, seed + 1)
   return ArrayDataset(x.reshape(-1, *shape).astype(np.float32), y, scale=1.)
@@ -150,12 +140,12 @@ def _check_config(config, name):
   sizes, channels = _NATIVE[name]
   if name == 'MOLRG':
     dim = d.num_channels * d.image_size ** 2
-    k, rank = d.get('molrg_classes', 2), d.get('molrg_rank', 7)
+    k, rank = molrg_params(config)['molrg_classes'], molrg_params(config)['molrg_rank']
     if k * rank > dim:
       raise ConfigError(f'MOLRG needs config.data.molrg_classes * config.data.molrg_rank <= D = '
                         f'num_channels * image_size**2; got {k} * {rank} > {dim}')
     return
-  if d.image_size not in sizes:
+  if sizes is not None and d.image_size not in sizes:
     raise ConfigError(f'config.data.image_size={d.image_size} but {name} images are '
                       f'{" or ".join(map(str, sizes))} pixels: set config.data.image_size accordingly')
   if d.num_channels != channels:
@@ -181,6 +171,8 @@ def _base_dataset(config, name, split):
     return data_files.CelebA(root, split, config.data.image_size)
   if name == 'IMAGENET64':
     return data_files.read_imagenet64(root, split)
+  if name == 'IMAGEFOLDER':
+    return data_files.ImageFolder(root, split, config.data.image_size)
   if name == 'DIGITS':
     return _digits(split)
   if name == 'MNIST5K':
@@ -188,12 +180,12 @@ def _base_dataset(config, name, split):
   return _molrg(config, split)
 
 
-def get_dataset(config, split, augment=False):
-  """The Dataset of `split` ('train' or 'eval' = config.data.eval_split).
+def get_dataset(config, split):
+  """The Dataset of `split` ('train' or 'eval' = config.data.eval_split), un-augmented.
 
-  Yields (image float32 (C, H, W) in [0, 1] (MOLRG: model space), label int64). augment=True adds a
-  random horizontal flip when config.data.random_flip. config.data.num_train > 0 keeps the first
-  num_train training images.
+  Yields (image float32 (C, H, W) in [0, 1] (MOLRG: model space), label int64). config.data.num_train > 0 keeps
+  the first num_train training images. The random flip (config.data.random_flip) is drawn per training step by
+  run_lib from the step's generator, so it does not depend on loader workers.
   """
   name = _dataset_name(config)
   _check_config(config, name)
@@ -211,24 +203,7 @@ def get_dataset(config, split, augment=False):
       raise ConfigError(f'config.data.num_train={num_train} but the {name} training split has '
                         f'{len(ds)} images; use 0 (all) or a number in 1..{len(ds)}')
     ds = Subset(ds, range(num_train))
-  if augment and config.data.random_flip:
-    ds = RandomFlip(ds)
   return ds
-
-
-def get_loader(config, split, batch_size, shuffle, augment, drop_last, generator=None, num_workers=None):
-  """A DataLoader over :func:`get_dataset`; batches (B, C, H, W) float32 in [0, 1] and (B,) int64.
-
-  generator: shuffling (and, through the worker seeds, flipping) generator; default
-  torch.Generator seeded with config.seed. num_workers: default config.training.num_workers.
-  """
-  ds = get_dataset(config, split, augment=augment)
-  if generator is None:
-    generator = torch.Generator().manual_seed(config.seed)
-  if num_workers is None:
-    num_workers = config.training.get('num_workers', 0)
-  return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                    generator=generator, num_workers=num_workers)
 
 
 def model_batches(config, split='train', batch_size=500, progress=True, desc='data', shard=False):

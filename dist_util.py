@@ -150,4 +150,6 @@ def wrap_model(model):
 
 
 def unwrap(model):
-  return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+  """The bare module inside DistributedDataParallel / nn.DataParallel (what wrap_model put around it), else model."""
+  wrapped = isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel))
+  return model.module if wrapped else model

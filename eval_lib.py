@@ -10,10 +10,12 @@ images scored as a cell: the table's floor), results.md /
 results.csv (Table-1 shape, best t_c per cell), results_all.csv, fid_vs_tc_{method}.png, grid_{method}_n{n}.png,
 samples/{cell}.npz.
 """
+import dataclasses
 import hashlib
 import logging
 import os
 import time
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ import sampling
 import sde_lib
 import workdir as wd
 from experiments import tables
+from models import diffusers_io
 from moments import RunningMoments
 
 
@@ -103,30 +106,32 @@ def file_sha256(path):
 def cell_signature(config, cell, ctx):
   """Everything besides the cell key that changes a cell's numbers; a stored cell with another one is stale."""
   s = config.sampling
-  sig = dict(checkpoint_step=int(ctx['step']), num_samples=int(config.eval.num_samples), seed=int(config.seed),
-             stats_sha256=ctx['stats_sha256'], options=sampling.sampler_options(cell['method'], s),
+  sig = dict(checkpoint_step=int(ctx.step), num_samples=int(config.eval.num_samples), seed=int(config.seed),
+             stats_sha256=ctx.stats_sha256, options=sampling.sampler_options(cell['method'], s),
              kid_subset_size=int(config.eval.kid_subset_size))
+  if ctx.weights_sha256:
+    sig.update(weights_sha256=ctx.weights_sha256)
   if cell['init'] == 'gls':
     sig.update(gls_fit=s.gls_fit, gls_rank=int(s.gls_rank), gls_dtype=s.gls_dtype,
-               moments_sha256=ctx['moments_sha256'])
+               moments_sha256=ctx.moments_sha256)
   return sig
 
 
 def run_cell(config, cell, ctx):
   """Samples one cell, saves its samples and returns its FID/KID record against the reference stats."""
   t0 = time.time()
-  schedule, e = ctx['schedule'], config.eval
+  schedule, e = ctx.schedule, config.eval
   plan = sampling.sampling_plan(config, schedule, cell['method'], cell['num_steps'], cell['init'], cell['t_start'],
-                                cell['grid'], moments=ctx['moments'], cache=ctx['initialisers'])
-  images = sampling.generate(ctx['eps_fn'], schedule, plan, e.num_samples, e.batch_size, config.seed,
-                             ctx['device'], ctx['inverse'], desc=cell['key'])
+                                cell['grid'], moments=ctx.moments, cache=ctx.initialisers)
+  images = sampling.generate(ctx.eps_fn, schedule, plan, e.num_samples, e.batch_size, config.seed, ctx.device,
+                             ctx.inverse, desc=cell['key'])
   if not dist_util.is_main():  # under torchrun the ranks share the sampling; rank 0 scores and writes
     return None
-  path = os.path.join(ctx['outdir'], 'samples', cell['key'] + '.npz')
+  path = os.path.join(ctx.outdir, 'samples', cell['key'] + '.npz')
   io_util.save_npz(path, samples=images, timesteps=np.asarray(plan.timesteps))
-  scores = score_images(images, ctx['inception'], ctx['ref'], config, ctx['device'])
+  scores = score_images(images, ctx.inception, ctx.ref, config, ctx.device)
   return dict(cell, nfe=plan.nfe, timesteps=list(plan.timesteps), signature=cell_signature(config, cell, ctx),
-              checkpoint_step=int(ctx['step']), samples=os.path.relpath(path, ctx['outdir']),
+              checkpoint_step=int(ctx.step), samples=os.path.relpath(path, ctx.outdir),
               seconds=round(time.time() - t0, 1), **scores)
 
 
@@ -142,39 +147,66 @@ def score_images(images, inception, ref, config, device):
               kid_std=float(kid_std))
 
 
-def floor_scores(config, ctx):
+def floor_scores(config, inception, ref, device):
   """The table's floor: FID / KID of real held-out images (the eval split) against the same training statistics, at
-  the sweep's sample count where the split holds that many (else the whole split; the count is in the scores).
-  ctx needs 'inception', 'ref' and 'device'."""
+  the sweep's sample count where the split holds that many (else the whole split; the count is in the scores)."""
   images, _ = datasets.load_arrays(config, 'eval')
   count = min(int(config.eval.num_samples), len(images))
-  return score_images(images[:count].numpy(), ctx['inception'], ctx['ref'], config, ctx['device'])
+  return score_images(images[:count].numpy(), inception, ref, config, device)
 
 
 def floor_record(config, ctx):
   """floor_scores with the signature that says when they must be recomputed (eval/floor.json)."""
-  return dict(floor_scores(config, ctx), signature=floor_signature(config, ctx))
+  return dict(floor_scores(config, ctx.inception, ctx.ref, ctx.device), signature=floor_signature(config, ctx))
 
 
 def floor_signature(config, ctx):
-  return dict(stats_sha256=ctx['stats_sha256'], num_samples=int(config.eval.num_samples),
+  return dict(stats_sha256=ctx.stats_sha256, num_samples=int(config.eval.num_samples),
               kid_subset_size=int(config.eval.kid_subset_size),
               eval_fingerprint=datasets.data_fingerprint(config, 'eval'))
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepContext:
+  """Everything the cells of one sweep share (built once by sweep_context)."""
+  device: torch.device
+  eps_fn: Callable       # the EMA model as eps(x, t)
+  step: int              # its checkpoint's training step
+  schedule: sde_lib.DDPMSchedule
+  inverse: Callable      # model space -> [0, 1]
+  inception: object      # the FID network (None on ranks other than 0, which do not score)
+  ref: dict              # the training statistics (evaluation.load_stats)
+  moments: Optional[dict]  # the late-start data moments (exact gls fit), or None
+  initialisers: dict     # cache: one eigendecomposition serves every t_c
+  outdir: str            # WORKDIR/eval
+  stats_sha256: str      # of the statistics file, part of every cell's signature
+  moments_sha256: str    # of the moments file ('' when there is none)
+  weights_sha256: str    # of a diffusers folder's weights file (model.pretrained), '' for the workdir's checkpoints
+
+
 def sweep_context(config, workdir, needs_gls=True):
-  """Everything the cells share: model, reference stats, Inception, late-start moments, the output folder."""
+  """The SweepContext of ``workdir``: model, reference stats, Inception, late-start moments, the output folder."""
   device = dist_util.get_device(config)
   ref = load_reference(config)  # missing / mismatched statistics: a clear error before any sampling
   moments = sampling.late_start_moments(config) if needs_gls and config.sampling.gls_fit == 'exact' else None
   eps_fn, step = sampling.load_eps_fn(config, workdir, device)
   moments_file = wd.moments_path(config)
-  return dict(device=device, ref=ref, moments=moments, eps_fn=eps_fn, step=step, initialisers={},
-              schedule=sde_lib.DDPMSchedule.from_config(config), inverse=datasets.get_data_inverse_scaler(config),
-              inception=(evaluation.load_inception(config.eval.inception_path, device, backend=config.eval.fid_backend)
-                         if dist_util.is_main() else None),
-              outdir=wd.eval_dir(workdir), stats_sha256=file_sha256(wd.fid_stats_path(config)),
-              moments_sha256=file_sha256(moments_file) if os.path.exists(moments_file) else '')
+  inception = (evaluation.load_inception(config.eval.inception_path, device, backend=config.eval.fid_backend)
+               if dist_util.is_main() else None)
+  return SweepContext(device=device, eps_fn=eps_fn, step=step, schedule=sde_lib.DDPMSchedule.from_config(config),
+                      inverse=datasets.get_data_inverse_scaler(config), inception=inception, ref=ref, moments=moments,
+                      initialisers={}, outdir=wd.eval_dir(workdir), stats_sha256=file_sha256(wd.fid_stats_path(config)),
+                      moments_sha256=file_sha256(moments_file) if os.path.exists(moments_file) else '',
+                      weights_sha256=_pretrained_sha256(config))
+
+
+def _pretrained_sha256(config):
+  """sha256 of model.pretrained's weights file: cells sampled from another folder's weights are stale."""
+  if not config.model.get('pretrained'):
+    return ''
+  folder = diffusers_io.unet_folder(config.model.pretrained)
+  return file_sha256(next(os.path.join(folder, f) for f in diffusers_io.WEIGHT_FILES
+                          if os.path.isfile(os.path.join(folder, f))))
 
 
 def evaluate(config, workdir):
@@ -193,7 +225,7 @@ def evaluate(config, workdir):
   todo = [c for c in cells if results.get(c['key'], {}).get('signature') != cell_signature(config, c, ctx)]
   stale = [c['key'] for c in todo if c['key'] in results]
   logging.info('eval: %d cells, %d done, %d to run (%d stale: %s), %d samples each, checkpoint step %d', len(cells),
-               len(cells) - len(todo), len(todo), len(stale), stale[:4], config.eval.num_samples, ctx['step'])
+               len(cells) - len(todo), len(todo), len(stale), stale[:4], config.eval.num_samples, ctx.step)
   for i, cell in enumerate(todo):
     record = run_cell(config, cell, ctx)
     if not dist_util.is_main():
@@ -220,13 +252,17 @@ def evaluate(config, workdir):
 
 
 def main_job(config, workdir):
-  """--mode=all, the main job: train, then fid_stats (if missing), then the eval sweep; prints the table.
+  """--mode=all, the main job: train (not with model.pretrained), then fid_stats (if missing), then the eval sweep;
+  prints the table.
   The folders the later stages write in are checked before training."""
   if dist_util.is_main():
     wd.ensure_writable(wd.eval_dir(workdir), 'the eval output folder')
     if not os.path.exists(wd.fid_stats_path(config)):
       wd.ensure_stats_dir_writable(config)
-  run_lib.train(config, workdir)
+  if config.model.get('pretrained'):
+    logging.info('model.pretrained=%s: no training, the diffusers weights are sampled', config.model.pretrained)
+  else:
+    run_lib.train(config, workdir)
   if not os.path.exists(wd.fid_stats_path(config)):  # under torchrun every rank: the feature pass is sharded
     fid_stats(config, workdir)
   return evaluate(config, workdir)

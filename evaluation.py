@@ -8,8 +8,6 @@ inception_weights.py (docs/fid.md, "Weights, offline").
 """
 import contextlib
 import os
-import zipfile
-import zlib
 
 import numpy as np
 import scipy.linalg
@@ -226,10 +224,6 @@ def kid(feats1, feats2, num_subsets=100, subset_size=1000, generator_seed=0):
 # Statistics files
 # ----------------------------------------------------------------------------------------------------------
 
-def stats_path(stats_dir, dataset, image_size) -> str:
-  return f'{stats_dir}/{dataset.lower()}_{image_size}_stats.npz'
-
-
 def save_stats(path, mu, sigma, count, dataset, image_size, network=NETWORK, feats=None, *, weights_hash,
                fingerprint):
   """Writes mu (D,), sigma (D,D), count and metadata (+ optional feats (n,D) for KID) to an npz, atomically.
@@ -266,7 +260,7 @@ def _read_stats(path) -> dict:
     stats = dict(mu=out['mu'], sigma=out['sigma'], count=int(out['count']), dataset=str(out['dataset']),
                  image_size=int(out['image_size']), network=str(out['network']), feats=out.get('feats'),
                  weights_hash=str(out.get('weights_hash', '')), fingerprint=str(out.get('fingerprint', '')))
-  except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as err:
+  except io_util.NPZ_ERRORS as err:
     raise StatsError(f'FID statistics {path} are unreadable ({one_line(err)}): the file is corrupt or truncated; '
                      f'delete it and {_RECOMPUTE}') from None
   if stats['mu'].ndim != 1 or stats['sigma'].shape != stats['mu'].shape * 2:
@@ -301,18 +295,3 @@ def load_stats(path, dataset=None, image_size=None, weights_hash=None, fingerpri
   if stats['count'] < 2:
     raise StatsError(f'{path}: statistics from {stats["count"]} sample(s); at least 2 are needed: {_RECOMPUTE}')
   return stats
-
-
-def fid_from_stats(a: dict, b: dict) -> float:
-  """FID between two stats dicts (as from load_stats); they must share network and dimensionality."""
-  if a.get('network', NETWORK) != b.get('network', NETWORK):
-    raise StatsMismatchError(f'statistics from different networks: {a.get("network")!r} vs {b.get("network")!r}')
-  if a.get('weights_hash') and b.get('weights_hash') and a['weights_hash'] != b['weights_hash']:
-    raise StatsMismatchError(f'statistics from different Inception weights: {a["weights_hash"][:16]}... vs '
-                             f'{b["weights_hash"][:16]}...')
-  if np.shape(a['mu']) != np.shape(b['mu']):
-    raise StatsMismatchError(f'feature dimensions differ: {np.shape(a["mu"])} vs {np.shape(b["mu"])}')
-  for s in (a, b):
-    if int(s.get('count', 2)) < 2:
-      raise ValueError(f'statistics from {s.get("count")} sample(s); at least 2 are needed for a covariance')
-  return frechet_distance(a['mu'], a['sigma'], b['mu'], b['sigma'])

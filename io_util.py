@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -46,20 +48,25 @@ def atomic_write(path, write_fn, binary=True):
   return path
 
 
-USER_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+USER_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM)  # EFBIG: ulimit -f
 
 
 def storage_cause(err, folder):
-  """The user-fixable cause of a failed write, or None: an OSError with a full disk, read-only file system or
-  missing permission, or torch.save's RuntimeError 'file write failed' (what a full disk gives it)."""
-  if isinstance(err, OSError) and err.errno in USER_ERRNOS:
-    return os.strerror(err.errno)
-  if isinstance(err, RuntimeError) and 'write failed' in str(err):
+  """The user-fixable cause of a failed write, or None: an OSError (the error or one it was raised from or while
+  handling) with a full disk, read-only file system, quota, file-size limit or missing permission; or torch.save's
+  RuntimeError when the file system took fewer bytes than it wrote ('file write failed', 'unexpected pos')."""
+  seen = err
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.errno in USER_ERRNOS:
+      return os.strerror(seen.errno)
+    seen = seen.__cause__ or seen.__context__
+  if isinstance(err, RuntimeError) and any(m in str(err) for m in ('write failed', 'unexpected pos')):
     try:
       free = shutil.disk_usage(folder).free
     except OSError:
       return 'the file system refused the write'
-    return f'the file system refused the write ({free / 2 ** 20:.1f} MiB free in {folder})'
+    return (f'the file system refused the write ({free / 2 ** 20:.1f} MiB free in {folder}; a quota or a file-size '
+            'limit, ulimit -f, can refuse it too)')
   return None
 
 
@@ -72,6 +79,11 @@ def remove_stale_tmp(folder):
     except FileNotFoundError:
       pass
   return stale
+
+
+# What np.load raises on a damaged .npz (truncated, not a zip, a bad member, a missing key): the readers catch this
+# tuple and name the file and what to do, instead of a traceback.
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
 
 
 def save_npz(path, **arrays):

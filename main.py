@@ -28,6 +28,8 @@ MODES = {
                     'sampling:gauss_stats', ()),
     'fid_stats': ('write the FID reference statistics (and late-start moments) of the training split',
                   'eval_lib:fid_stats', ()),
+    'export_diffusers': ('write the EMA weights as a diffusers DDPMPipeline folder (WORKDIR/diffusers) that '
+                         'DDPMPipeline.from_pretrained loads', 'sampling:export_diffusers', ()),
     'eval': ('sweep samplers x steps x {vanilla, gls} x t_c; write results.{md,csv,json}, plots and grids',
              'eval_lib:evaluate', ('eval',)),
     'all': ('the main job: train, then fid_stats if missing, then eval; prints the table', 'eval_lib:main_job',

@@ -269,6 +269,10 @@ def train(config, workdir):
   Returns (model, ema). Only rank 0 writes; every rank resumes from the same checkpoint. On SIGTERM / SIGINT it
   writes the preemption checkpoint of the step in progress and raises errors.Preempted.
   """
+  if config.model.get('pretrained'):
+    raise ConfigError(f'config.model.pretrained={config.model.pretrained!r}: training starts from this code base\'s '
+                      'own checkpoints, not from a diffusers folder; unset it to train (sample, eval and the analyses '
+                      'use the folder)')
   with _tf32(config.training.tf32), _stop_signals() as received:
     return _train(config, workdir, received)
 

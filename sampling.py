@@ -26,10 +26,11 @@ import io_util
 import rng
 import workdir as wd
 from errors import InputError
+from models import diffusers_io
 from models import utils as mutils
 from moments import RunningMoments
 from models.ema import ExponentialMovingAverage
-from samplers import get_sampler, grids, initialisers, nfe as count_nfe
+from samplers import get_sampler, grids, initialisers, low_rank_fit, nfe as count_nfe
 
 
 class SamplingPlan(NamedTuple):
@@ -56,20 +57,23 @@ def sampler_options(method, sampling):
 
 
 def sampling_plan(config, schedule, method=None, num_steps=None, init=None, t_start=None, grid=None,
-                  timesteps=None, moments=None, cache=None):
+                  timesteps=None, moments=None, cache=None, options=None):
   """The plan of one run; every argument left None comes from ``config.sampling``.
 
   timesteps: an explicit descending grid (overrides grid/num_steps/t_start; e.g. the potentials' grid).
+  options: the sampler's keyword options (eta, pndm variant) when the caller fixes them, instead of
+  sampler_options(method, config.sampling); the plan's NFE is counted with them.
   moments: the late-start data moments when the caller already holds them; cache: a dict kept across calls so
   that one eigendecomposition serves every t_c (exact gls fit only).
   Raises InputError before any work for an impossible grid or a gls start that is not the grid's first time.
   """
   init = init or config.sampling.init
-  plan = check_plan(config, method, num_steps, init, t_start, grid, timesteps)
+  plan = check_plan(config, method, num_steps, init, t_start, grid, timesteps, options)
   return plan._replace(initialiser=build_initialiser(config, schedule, plan.t_start, init, moments, cache))
 
 
-def check_plan(config, method=None, num_steps=None, init=None, t_start=None, grid=None, timesteps=None):
+def check_plan(config, method=None, num_steps=None, init=None, t_start=None, grid=None, timesteps=None,
+               options=None):
   """Everything of ``sampling_plan`` except fitting the initialiser (which can be costly): the grid, the
   start-time rule, the sampler and its NFE. Returns a SamplingPlan whose initialiser is None."""
   s = config.sampling
@@ -88,7 +92,7 @@ def check_plan(config, method=None, num_steps=None, init=None, t_start=None, gri
             f'{timesteps[0]}')
     timesteps = tuple(grids.check_timesteps(timesteps, config.model.num_scales))
     sampler = get_sampler(method)
-    options = sampler_options(method, s)
+    options = sampler_options(method, s) if options is None else dict(options)
     count = count_nfe(method, len(timesteps), **options)
   except InputError:
     raise
@@ -110,22 +114,21 @@ def build_initialiser(config, schedule, t_start, init=None, moments=None, cache=
   shape = (config.data.num_channels, config.data.image_size, config.data.image_size)
   if init == 'normal':
     return initialisers.StandardNormal(shape, t_start)
-  if init != 'gls':
-    raise InputError(f'sampling.init={init!r} is unknown; choose normal or gls')
+  if init not in initialisers.INITS:
+    raise InputError(f'sampling.init={init!r} is unknown; choose one of {initialisers.INITS}')
   s = config.sampling
   if cache is not None and s.gls_fit == 'exact':
     if 'gls' not in cache:
       cache['gls'] = build_initialiser(config, schedule, t_start, 'gls', moments)
     return cache['gls'].at(t_start)
-  dtype = torch.float32 if s.gls_dtype == 'float32' else torch.float64
+  dtype = initialisers.GLS_DTYPES[s.gls_dtype]
   if s.gls_fit == 'monte_carlo':  # the paper's fit: one noised copy of each image at t_start, then the moments
     gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, t_start))
     fit = initialisers.monte_carlo_moments(datasets.model_batches(config, desc='monte-carlo fit'), schedule,
                                            t_start, gen)
     return initialisers.GaussianLateStart.from_noised_moments(t_start, fit['mean'], fit['cov'], shape, dtype=dtype)
   moments = moments if moments is not None else late_start_moments(config)
-  return initialisers.GaussianLateStart.from_moments(schedule, t_start, moments['mean'], moments['cov'], shape,
-                                                     rank=s.gls_rank, dtype=dtype)
+  return initialisers.late_start_from_fit(schedule, t_start, moments, shape, rank=s.gls_rank, dtype=dtype)
 
 
 def late_start_moments(config):
@@ -151,10 +154,16 @@ def write_moments(config):
   equals one process's to float64 rounding) and rank 0 writes the file. Returns dict(mean, cov, count).
   """
   d = config.data
-  acc = RunningMoments(d.num_channels * d.image_size ** 2)
-  for x in datasets.model_batches(config, desc='late-start moments', progress=dist_util.is_main(), shard=True):
-    acc.update(x)
-  moments = {'mean': acc.reduce().mean(), 'cov': acc.cov(), 'count': acc.n}
+  dim = d.num_channels * d.image_size ** 2
+  if low_rank_fit.full_covariance_bytes(dim) > low_rank_fit.FULL_COVARIANCE_MAX_BYTES:  # the fit without the cov
+    moments = low_rank_fit.streaming_low_rank(
+        lambda: datasets.model_batches(config, desc='late-start rank-r fit', progress=dist_util.is_main()), dim,
+        config.sampling.gls_rank)
+  else:
+    acc = RunningMoments(dim)
+    for x in datasets.model_batches(config, desc='late-start moments', progress=dist_util.is_main(), shard=True):
+      acc.update(x)
+    moments = {'mean': acc.reduce().mean(), 'cov': acc.cov(), 'count': acc.n}
   if dist_util.is_main():
     initialisers.save_moments(wd.moments_path(config), moments, d.dataset, d.image_size, d.num_channels,
                               datasets.data_fingerprint(config, 'train'))
@@ -163,29 +172,28 @@ def write_moments(config):
 
 
 def generate(eps_fn, schedule, plan, num_samples, batch_size, seed, device, inverse_scaler, progress=True,
-             desc='sample', return_trajectory=False):
+             desc='sample', callback=None):
   """Draws ``num_samples`` images with ``plan``; sample i uses generator sample_seed(seed, i) for its start and
   its step noise.
 
   Returns float32 numpy (N, C, H, W) in [0, 1] (clipped), independent of ``batch_size`` and, under torchrun,
   of the number of processes (each draws its share of the indices; every rank gets the gathered result).
-  With return_trajectory (one process only): (images, trajectory of the last batch).
+  callback: the samplers' per-step callback(t, x, x0_pred) (samplers.trajectory), handed to every batch in turn;
+  a samplers.trajectory.Trajectory of a one-batch run (num_samples <= batch_size, one process) holds its path.
   """
-  out, traj = [], None
+  out = []
   indices = dist_util.shard(range(num_samples))
   for start in tqdm(range(0, len(indices), batch_size), desc=desc, disable=not progress or not dist_util.is_main(),
                     dynamic_ncols=True):
     gens = rng.per_sample_generators(seed, indices[start:start + batch_size])
     x_init = plan.initialiser.sample(len(gens), gens).to(device, torch.float32)
     x0 = plan.sampler(eps_fn, schedule, x_init, plan.timesteps, generator=gens,
-                      return_trajectory=return_trajectory, **plan.options)
-    if return_trajectory:
-      x0, traj = x0
+                      callback=callback, **plan.options)
     out.append(inverse_scaler(x0).clamp(0.0, 1.0).float().cpu().numpy())
   shape = (0, *plan.initialiser.shape)
   images = dist_util.gather_ordered(np.concatenate(out) if out else np.zeros(shape, np.float32), indices,
                                     num_samples)
-  return (images, traj) if return_trajectory else images
+  return images
 
 
 def save_grid(images, path, nrow=None):
@@ -235,8 +243,12 @@ def restore_checkpoint(workdir, model, ema, optimizer=None, device='cpu', index=
 
 
 def load_ema_module(config, workdir, device):
-  """The U-Net with the EMA weights of the chosen checkpoint (config.sampling.checkpoint; -1 = newest), in eval
-  mode and usable under autograd / torch.func. Returns (model, step). No loadable checkpoint is an error."""
+  """The U-Net with the EMA weights of the chosen checkpoint (config.sampling.checkpoint; -1 = newest), or of the
+  diffusers folder config.model.pretrained, in eval mode and usable under autograd / torch.func. Returns (model,
+  step); step is 0 for a diffusers folder. No loadable checkpoint is an error."""
+  if config.model.get('pretrained'):  # a diffusers folder: its weights are the (EMA) weights; step 0
+    model = diffusers_io.load_into(mutils.create_model(config), config.model.pretrained, config)
+    return model.to(device).eval(), 0
   model = mutils.create_model(config).to(device)
   ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
   if config.sampling.checkpoint < 0 and not wd.checkpoints(workdir):
@@ -291,3 +303,17 @@ def gauss_stats(config, workdir=None):
   moments = write_moments(config)
   logging.info('wrote late-start moments of %d images to %s', moments['count'], path)
   return path
+
+
+def export_diffusers(config, workdir):
+  """--mode=export_diffusers: the EMA weights of the chosen checkpoint (sampling.checkpoint) as a diffusers
+  DDPMPipeline folder, WORKDIR/diffusers (unet/ + scheduler/ + model_index.json); DDPMPipeline.from_pretrained
+  loads it. Returns the folder."""
+  diffusers_io.unet_config(config)  # a model diffusers cannot express is refused before anything is loaded
+  folder = wd.diffusers_dir(workdir)
+  wd.ensure_writable(folder, 'the export folder')
+  model, step = load_ema_module(config, workdir, 'cpu')
+  diffusers_io.export(model, config, folder)
+  logging.info('wrote %s: the EMA weights of step %d as a diffusers DDPMPipeline (DDPMPipeline.from_pretrained)',
+               folder, step)
+  return folder

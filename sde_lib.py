@@ -9,6 +9,8 @@ Convention used everywhere in the code base:
     alpha_bar lookup while feeding the float to the network; we use one rule for both.)
 """
 
+import math
+
 import numpy as np
 import torch
 
@@ -53,12 +55,16 @@ class DDPMSchedule:
     """beta_t for integer t in [0, T-1]; float64 tensor."""
     return self.beta[torch.as_tensor(t, dtype=torch.long)]
 
-  def _coef(self, t, like):
-    """sqrt(alpha_bar_t), sqrt(1-alpha_bar_t) shaped to broadcast against ``like`` (B, ...)."""
+  def _alpha_bar_like(self, t, like):
+    """alpha_bar_t shaped to broadcast against ``like`` (B, ...), on its device and in its dtype."""
     a = self.alpha_bar(t)
     if a.dim() == 1:
       a = a.view(-1, *([1] * (like.dim() - 1)))
-    a = a.to(device=like.device, dtype=like.dtype)
+    return a.to(device=like.device, dtype=like.dtype)
+
+  def _coef(self, t, like):
+    """sqrt(alpha_bar_t), sqrt(1-alpha_bar_t) shaped to broadcast against ``like`` (B, ...)."""
+    a = self._alpha_bar_like(t, like)
     return a.sqrt(), (1 - a).sqrt()
 
   # ----------------------------------------------------------------------------- maps
@@ -68,9 +74,16 @@ class DDPMSchedule:
     return sa * x0 + s1a * eps
 
   def x0_from_eps(self, x_t, t, eps):
-    """x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-    sa, s1a = self._coef(t, x_t)
-    return (x_t - s1a * eps) / sa
+    """x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t) (DDPM Eq. 4 solved for x0).  t: scalar or (B,)."""
+    return self.x0_from_eps_given_alpha_bar(x_t, self._alpha_bar_like(t, x_t), eps)
+
+  @staticmethod
+  def x0_from_eps_given_alpha_bar(x_t, alpha_bar, eps):
+    """The same map from alpha_bar itself: a python float (the samplers' per-step scalar, computed once per grid
+    in float64) or a tensor broadcastable against x_t."""
+    if isinstance(alpha_bar, torch.Tensor):
+      return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+    return (x_t - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)
 
   def eps_from_x0(self, x_t, t, x0):
     """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t); t must be >= 0."""

@@ -8,6 +8,7 @@ checkpoint discovery by step, and the workdir lock.
   WORKDIR/tensorboard/                      loss, lr, grad norm, eval loss
   WORKDIR/eval/                             the sweep: results.{json,md,csv}, plots, grids, samples/{cell}.npz
   WORKDIR/analysis/                         the SSB and GEN analyses
+  WORKDIR/diffusers/                        --mode=export_diffusers: a DDPMPipeline folder of the EMA weights
   WORKDIR/memorization/n{n}/                one training sub-run per training-set size (same layout)
   STATS_DIR/{dataset}_{res}_stats.npz       FID reference statistics (sampling.stats_dir)
   STATS_DIR/{dataset}_{res}_moments.npz     late-start data moments
@@ -21,6 +22,7 @@ import re
 import torch
 
 from errors import InputError
+from samplers import low_rank_fit
 
 
 
@@ -77,6 +79,10 @@ def eval_dir(workdir):
   return os.path.join(workdir, 'eval')
 
 
+def diffusers_dir(workdir):
+  return os.path.join(workdir, 'diffusers')
+
+
 def analysis_dir(workdir):
   return os.path.join(workdir, 'analysis')
 
@@ -92,10 +98,14 @@ def fid_stats_path(config):
 
 
 def moments_path(config):
-  """Late-start moments: sampling.moments_file, or {stats_dir}/{dataset}_{image_size}_moments.npz."""
+  """Late-start moments: sampling.moments_file, or {stats_dir}/{dataset}_{image_size}_moments.npz; where the full
+  covariance is too large to form (samplers.low_rank_fit) the file holds a rank-r fit: ..._moments_r{r}.npz."""
   d = config.data
+  dim = d.num_channels * d.image_size ** 2
+  low_rank = low_rank_fit.full_covariance_bytes(dim) > low_rank_fit.FULL_COVARIANCE_MAX_BYTES
+  suffix = f'_r{config.sampling.gls_rank}' if low_rank else ''
   return config.sampling.moments_file or os.path.join(config.sampling.stats_dir,
-                                                      f'{d.dataset.lower()}_{d.image_size}_moments.npz')
+                                                      f'{d.dataset.lower()}_{d.image_size}_moments{suffix}.npz')
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from samplers.trajectory import Trajectory
+
 
 def random_gaussian(dim, seed=0):
   """A reproducible test problem: mu (dim,) and a well-conditioned Sigma (dim, dim), float64."""
@@ -50,6 +52,7 @@ def ode_error(sampler, schedule, num_steps, t_start=400, t_end=50, dim=16, num=6
   mu, sigma = random_gaussian(dim, seed)
   x = torch.randn(num, dim, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
   grid = tuple(int(v) for v in np.linspace(t_end, t_start, num_steps).round()[::-1])
-  _, traj = sampler(eps_fn(mu, sigma, schedule), schedule, x, grid, return_trajectory=True, **options)
+  traj = Trajectory()
+  sampler(eps_fn(mu, sigma, schedule), schedule, x, grid, callback=traj, **options)
   exact = flow(mu, sigma, schedule)(x, t_start, t_end)
   return float((traj['x'][-1] - exact).pow(2).sum(1).sqrt().mean())

@@ -60,13 +60,6 @@ def _check_feats(a, b, name_a, name_b):
   return a, b
 
 
-# ----------------------------------------------------------------------------- similarities
-def cosine_similarity_matrix(a, b):
-  """a (N, F), b (M, F) -> (N, M) cosine similarities in [-1, 1] (float64)."""
-  a, b = _check_feats(a, b, 'a', 'b')
-  return F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T
-
-
 def best_match(sample_feats, train_feats, chunk_size=4096):
   """Best match of each sample in the training set by feature dot product, chunked over train.
 

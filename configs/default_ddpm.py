@@ -42,6 +42,9 @@ def get_default_configs():
 
   config.model = model = ml_collections.ConfigDict()
   model.name = 'ddpm'
+  # A diffusers UNet2DModel folder (or a DDPMPipeline / Hugging Face snapshot folder) whose weights replace the
+  # workdir's checkpoints in every mode but training (models/diffusers_io.py, docs/diffusers.md); '' = none.
+  model.pretrained = ''
   model.variant = 'ssb'  # 'ssb' (the paper's checkpoints) or 'score_sde'
   model.nf = 128
   model.ch_mult = (1, 2, 2, 2)

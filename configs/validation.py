@@ -1,18 +1,22 @@
-"""Checks a resolved config before any work starts; every error names the offending field."""
+"""Checks a resolved config before any work starts; every error names the offending field.
+
+Every list of choices it checks against is the owning module's own registry, imported here, so a new sampler,
+grid, data set or backend is accepted the moment it is registered.
+"""
+from datasets import DATASETS
 from errors import ConfigError  # noqa: F401 (validation.ConfigError stays a public name; it lives in errors.py)
+from fid_backend import BACKENDS as FID_BACKENDS
+from models import diffusers_io
 from models.ddpm import check_model_config, num_groups
 from models.utils import PRECISIONS  # training.precision / eval.precision (models.utils.autocast)
 from samplers import SAMPLERS
+from samplers import low_rank_fit
+from samplers.grids import GRID_KINDS
+from samplers.initialisers import GLS_DTYPES, GLS_FITS, INITS
+from samplers.pndm import VARIANTS as PNDM_VARIANTS
 
-DATASETS = ('MNIST', 'CIFAR10', 'CELEBA', 'IMAGENET64', 'DIGITS', 'MNIST5K', 'MOLRG')
 MODELS = ('ddpm',)
-VARIANTS = ('ssb', 'score_sde')
-METHODS = tuple(SAMPLERS)  # sampling.method, eval.methods: the samplers' registry is the one list
-INITS = ('normal', 'gls')
-GRIDS = ('late_start', 'uniform', 'quad')
-PNDM_VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
-GLS_FITS = ('exact', 'monte_carlo')
-FID_BACKENDS = ('auto', 'torch', 'onnxruntime')  # fid_backend.BACKENDS (tests/test_configs.py)
+METHODS = tuple(SAMPLERS)  # sampling.method, eval.methods
 
 
 def _require(ok, field, value, why):
@@ -37,33 +41,21 @@ def validate_config(config):
   """Raises ConfigError for an unknown dataset/model/method or an impossible value."""
   _choice(config, 'data.dataset', DATASETS, upper=True)
   _choice(config, 'model.name', MODELS)
-  _choice(config, 'model.variant', VARIANTS)
-  _choice(config, 'model.nonlinearity', ('swish', 'silu'))
-  _choice(config, 'model.normalization', ('GroupNorm',))
   for field in ('training.batch_size', 'training.n_iters', 'training.log_freq', 'training.eval_freq',
                 'training.snapshot_freq', 'training.snapshot_freq_for_preemption', 'data.image_size',
                 'data.num_channels', 'model.nf', 'model.num_res_blocks', 'model.num_scales',
                 'optim.lr', 'sampling.num_samples', 'sampling.batch_size', 'eval.batch_size',
                 'eval.num_samples'):
     _positive(config, field)
-  levels = len(config.model.ch_mult)
-  _require(levels >= 1, 'model.ch_mult', config.model.ch_mult, 'needs at least one level')
-  factor = 2 ** (levels - 1)
-  _require(config.data.image_size % factor == 0, 'data.image_size', config.data.image_size,
-           f'must be divisible by 2**(len(model.ch_mult)-1) = {factor} (the U-Net downsamples '
-           f'{levels - 1} times); change data.image_size or model.ch_mult')
-  groups = num_groups(config)
-  _require(isinstance(groups, int) and groups >= 1, 'model.num_groups', groups, 'must be a positive int')
-  _require(config.model.nf % groups == 0, 'model.nf', config.model.nf,
-           f'must be a multiple of model.num_groups = {groups} (the GroupNorm group count)')
-  _require(0.0 <= config.model.dropout < 1.0, 'model.dropout', config.model.dropout, 'must be in [0, 1)')
+  check_model_config(config)  # the architecture's checks live with the model (variant, nonlinearity, sizes, groups)
+  if config.model.get('pretrained'):  # the folder's config.json and scheduler config against this run's config
+    diffusers_io.check_config(config, config.model.pretrained)
   _require(0.0 <= config.model.ema_rate < 1.0, 'model.ema_rate', config.model.ema_rate, 'must be in [0, 1)')
   _require(0 < config.model.beta_min < config.model.beta_max, 'model.beta_min', config.model.beta_min,
            'need 0 < beta_min < beta_max')
   _require(config.optim.warmup >= 0, 'optim.warmup', config.optim.warmup, 'must be >= 0')
   _choice(config, 'optim.optimizer', ('Adam',))
   _require(config.optim.lr <= 1.0, 'optim.lr', config.optim.lr, 'must be in (0, 1] (the paper trains at 2e-4)')
-  check_model_config(config)  # the model's own checks (scale_by_sigma among them) before any work
   _validate_sampling(config)
   _validate_analysis(config)
   _validate_eval(config)
@@ -107,15 +99,21 @@ def _validate_sampling(config):
   s, T = config.sampling, config.model.num_scales
   _choice(config, 'sampling.method', METHODS)
   _choice(config, 'sampling.init', INITS)
-  _choice(config, 'sampling.grid', GRIDS)
+  _choice(config, 'sampling.grid', GRID_KINDS)
   _choice(config, 'sampling.pndm_variant', PNDM_VARIANTS)
   _choice(config, 'sampling.gls_fit', GLS_FITS)
-  _choice(config, 'sampling.gls_dtype', ('float32', 'float64'))
+  _choice(config, 'sampling.gls_dtype', tuple(GLS_DTYPES))
   _require(0 <= s.t_start <= T - 1, 'sampling.t_start', s.t_start, f'must be in [0, {T - 1}] (T = {T})')
   _require(s.num_steps >= 1, 'sampling.num_steps', s.num_steps, 'must be >= 1')
   _require(s.num_steps <= s.t_start + 1, 'sampling.num_steps', s.num_steps,
            f'cannot exceed t_start + 1 = {s.t_start + 1} distinct timesteps')
   _require(s.gls_rank >= 0, 'sampling.gls_rank', s.gls_rank, 'must be >= 0 (0 = full covariance)')
+  dim = config.data.num_channels * config.data.image_size ** 2
+  too_big = low_rank_fit.full_covariance_bytes(dim) > low_rank_fit.FULL_COVARIANCE_MAX_BYTES
+  _require(not (too_big and s.gls_rank == 0 and (s.init == 'gls' or len(config.eval.t_starts))), 'sampling.gls_rank',
+           s.gls_rank, f'the full covariance of D = {dim} pixels would take '
+           f'{low_rank_fit.full_covariance_bytes(dim) / 2 ** 30:.0f} GiB; set sampling.gls_rank=r (e.g. 16 or 64) for '
+           'the rank-r plus diagonal late start, which is fitted without it')
   _require(s.eta == -1 or 0 <= s.eta <= 1, 'sampling.eta', s.eta,
            'must be in [0, 1] (DDIM eta: 0 deterministic, 1 the fast DDPM) or -1 for the method\'s own')
   _require(s.checkpoint >= -1, 'sampling.checkpoint', s.checkpoint,

@@ -31,6 +31,7 @@ from analysis import memorization as mem_lib
 from errors import InputError
 from experiments import plots
 from experiments import reproducibility as rp_lib
+from samplers.trajectory import Trajectory
 
 
 def memorization(config, workdir):
@@ -134,10 +135,7 @@ def _exact_denoiser(config, schedule, device):
   """The exact denoiser: MoLRG's closed form, or the optimal empirical denoiser of the training set."""
   if config.data.dataset.upper() == 'MOLRG':
     from analysis import molrg
-    d = config.data
-    bases = datasets.molrg_bases(d.num_channels * d.image_size ** 2, d.get('molrg_classes', 2),
-                              d.get('molrg_rank', 7), d.get('molrg_seed', 0))
-    return 'exact MoLRG denoiser', molrg.MoLRGDenoiser(bases, schedule)
+    return 'exact MoLRG denoiser', molrg.MoLRGDenoiser(datasets.molrg_config_bases(config), schedule)
   train_imgs, _ = datasets.load_arrays(config, 'train')
   data = datasets.get_data_scaler(config)(train_imgs)
   return 'optimal empirical denoiser', denoiser_lib.OptimalDenoiser(data, schedule, device=device)
@@ -153,12 +151,12 @@ def jacobian_rank(config, workdir):
     p.requires_grad_(False)
   model_eps = lambda x, t: model(x, torch.full((x.shape[0],), float(t), device=x.device))
   label, exact = _exact_denoiser(config, schedule, device)
-  plan = sampling.sampling_plan(config, schedule, 'ddim', a.jacobian_num_steps, 'normal', schedule.T - 1, 'uniform')
-  plan = plan._replace(options={'eta': 0.0})
+  plan = sampling.sampling_plan(config, schedule, 'ddim', a.jacobian_num_steps, 'normal', schedule.T - 1, 'uniform',
+                                options={'eta': 0.0})
   with torch.no_grad():  # one batch holds every trajectory (model-space states at each grid time)
-    _, traj = sampling.generate(model_eps, schedule, plan, a.jacobian_num_samples, a.jacobian_num_samples,
-                                config.seed, device, datasets.get_data_inverse_scaler(config), progress=False,
-                                return_trajectory=True)
+    traj = Trajectory()
+    sampling.generate(model_eps, schedule, plan, a.jacobian_num_samples, a.jacobian_num_samples, config.seed,
+                      device, datasets.get_data_inverse_scaler(config), progress=False, callback=traj)
   curves = {}
   for name, eps_fn in (('trained U-Net', model_eps), (label, exact)):
     curves[name] = jacobian_lib.rank_curve(_x0_fn(eps_fn, schedule), [x.to(device) for x in traj['x']],

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import time
-import zipfile
 
 import numpy as np
 import torch
@@ -114,8 +113,9 @@ def feature_note(config, threshold):
 def deterministic_samples(eps_fn, config, schedule, device, num_samples, num_steps, method='ddim'):
   """DDIM (eta 0) or F-PNDM samples (N, C, H, W) in [0, 1] on DDIM's uniform grid below T-1, from the per-sample
   seeds 0..N-1 of config.seed: two calls with the same config.seed start from the same noise."""
-  plan = sampling.sampling_plan(config, schedule, method, num_steps, 'normal', schedule.T - 1, 'uniform')
-  plan = plan._replace(options={'eta': 0.0} if method == 'ddim' else {'variant': 'f-pndm'})
+  options = {'eta': 0.0} if method == 'ddim' else {'variant': 'f-pndm'}
+  plan = sampling.sampling_plan(config, schedule, method, num_steps, 'normal', schedule.T - 1, 'uniform',
+                                options=options)
   return sampling.generate(eps_fn, schedule, plan, num_samples, config.sampling.batch_size, config.seed, device,
                            datasets.get_data_inverse_scaler(config), progress=False)
 
@@ -133,7 +133,7 @@ def cached_samples(path, signature, make):
       with np.load(path) as f:
         if 'signature' in f.files and str(f['signature']) == signature:
           return f['samples']
-    except (OSError, ValueError, zipfile.BadZipFile) as err:  # a torn write: sample again
+    except io_util.NPZ_ERRORS as err:  # a torn write: sample again
       logging.warning('resampling: %s does not load (%s)', path, err)
   images = make()
   io_util.save_npz(path, samples=images, signature=np.asarray(signature))

@@ -17,6 +17,7 @@ import sde_lib
 import workdir as wd
 from analysis import symmetry
 from experiments import plots, tables
+from samplers.trajectory import Trajectory
 
 
 def _setup(config, workdir):
@@ -41,8 +42,9 @@ def potentials(config, workdir):
   timesteps = sorted(set(np.linspace(0, T - 1, a.potential_steps).astype(int).tolist()) |
                      set(a.potential_times), reverse=True)
   plan = sampling.sampling_plan(config, schedule, 'ddim', init='normal', timesteps=timesteps)
-  _, traj = sampling.generate(eps_fn, schedule, plan, 2, 2, config.seed, device,
-                              datasets.get_data_inverse_scaler(config), progress=False, return_trajectory=True)
+  traj = Trajectory()
+  sampling.generate(eps_fn, schedule, plan, 2, 2, config.seed, device, datasets.get_data_inverse_scaler(config),
+                    progress=False, callback=traj)
   angles = np.linspace(-np.pi / 4, 3 * np.pi / 4, 61)
   rows, plt = [], io_util.pyplot()
   fig, axes = plt.subplots(1, len(a.potential_times), figsize=(2.4 * len(a.potential_times), 2.6), sharey=False)

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from errors import ConfigError, InputError
+from errors import ConfigError
 from models import layers
 
 VARIANTS = ('ssb', 'score_sde')
 NORMALIZATIONS = ('GroupNorm',)
-NONLINEARITIES = ('swish', 'silu', 'relu', 'elu', 'lrelu')
+NONLINEARITIES = tuple(layers.ACTIVATIONS)
 
 
 def get_sigmas(config):
@@ -35,30 +35,32 @@ def num_groups(config):
 
 
 def check_model_config(config):
-  """Raise ValueError naming the config field when a model setting is unusable."""
+  """Raise ConfigError naming the config field when a model setting is unusable (configs.validation runs this
+  before any work; the model's constructor runs it again for configs built elsewhere)."""
   m = config.model
   variant = m.get('variant', 'ssb')
-  if variant not in VARIANTS:
-    raise InputError(f'config.model.variant={variant!r} is unknown; use one of {VARIANTS}')
-  if m.nonlinearity not in NONLINEARITIES:
-    raise InputError(f'config.model.nonlinearity={m.nonlinearity!r} is unknown; use one of {NONLINEARITIES}')
-  if m.normalization not in NORMALIZATIONS:
-    raise InputError(f'config.model.normalization={m.normalization!r} is unknown; use one of {NORMALIZATIONS}')
+  for field, value, choices in (('variant', variant, VARIANTS), ('nonlinearity', m.nonlinearity, NONLINEARITIES),
+                                ('normalization', m.normalization, NORMALIZATIONS)):
+    if value not in choices:
+      raise ConfigError(f'config.model.{field}={value!r} is invalid: choose one of {", ".join(choices)}')
   ch_mult = tuple(m.ch_mult)
   if not ch_mult or any(int(c) < 1 for c in ch_mult):
-    raise InputError(f'config.model.ch_mult={ch_mult} must be a non-empty tuple of positive ints')
+    raise ConfigError(f'config.model.ch_mult={ch_mult} is invalid: it needs at least one level, each a positive int')
   factor = 2 ** (len(ch_mult) - 1)
   if config.data.image_size < 1 or config.data.image_size % factor:
-    raise InputError(f'config.data.image_size={config.data.image_size} must be divisible by '
-                     f'2**(len(config.model.ch_mult)-1)={factor}; change image_size or ch_mult')
+    raise ConfigError(f'config.data.image_size={config.data.image_size} is invalid: it must be divisible by '
+                      f'2**(len(model.ch_mult)-1) = {factor} (the U-Net downsamples {len(ch_mult) - 1} times); '
+                      'change data.image_size or model.ch_mult')
   groups = num_groups(config)
-  if groups < 1 or m.nf < groups or m.nf % groups:
-    raise InputError(f'config.model.nf={m.nf} must be a positive multiple of config.model.num_groups={groups} '
-                     '(the GroupNorm group count)')
+  if not isinstance(groups, int) or groups < 1:
+    raise ConfigError(f'config.model.num_groups={groups!r} is invalid: it must be a positive int')
+  if m.nf < groups or m.nf % groups:
+    raise ConfigError(f'config.model.nf={m.nf} is invalid: it must be a positive multiple of model.num_groups = '
+                      f'{groups} (the GroupNorm group count)')
   if m.num_res_blocks < 1:
-    raise InputError(f'config.model.num_res_blocks={m.num_res_blocks} must be >= 1')
+    raise ConfigError(f'config.model.num_res_blocks={m.num_res_blocks} is invalid: it must be >= 1')
   if not 0.0 <= m.dropout < 1.0:
-    raise InputError(f'config.model.dropout={m.dropout} must be in [0, 1)')
+    raise ConfigError(f'config.model.dropout={m.dropout} is invalid: it must be in [0, 1)')
   if m.get('scale_by_sigma', False):
     raise ConfigError('config.model.scale_by_sigma=True is for NCSN-style models; DDPM predicts eps, set it False')
 
@@ -147,8 +149,8 @@ class DDPM(nn.Module):
     m_idx = 0
     temb = None
     if self.conditional:
-      temb = layers.get_timestep_embedding(labels, self.nf)
-      temb = modules[m_idx](temb)
+      temb = layers.get_timestep_embedding(labels, self.nf)  # float32, as score_sde; cast for a float64 model
+      temb = modules[m_idx](temb.to(modules[m_idx].weight.dtype))
       temb = modules[m_idx + 1](self.act(temb))
       m_idx += 2
     h = x if self.centered else 2 * x - 1.

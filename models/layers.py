@@ -43,15 +43,6 @@ def default_init(scale=1.):
   return variance_scaling(scale, 'fan_avg', 'uniform')
 
 
-def ddpm_conv1x1(in_planes, out_planes, stride=1, bias=True, init_scale=1., padding=0):
-  """1x1 conv with DDPM init; weight (out, in, 1, 1), bias zero."""
-  conv = nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=padding, bias=bias)
-  conv.weight.data = default_init(init_scale)(conv.weight.shape, device=conv.weight.device)
-  if bias:
-    nn.init.zeros_(conv.bias)
-  return conv
-
-
 def ddpm_conv3x3(in_planes, out_planes, stride=1, bias=True, dilation=1, init_scale=1., padding=1):
   """3x3 conv with DDPM init; weight (out, in, 3, 3), bias zero."""
   conv = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=padding,
@@ -70,13 +61,16 @@ def dense(in_dim, out_dim, init_scale=1.):
   return layer
 
 
+# config.model.nonlinearity -> module factory: the one list of activations (validation reads it).
+ACTIVATIONS = {'swish': nn.SiLU, 'silu': nn.SiLU, 'relu': nn.ReLU, 'elu': nn.ELU,
+               'lrelu': lambda: nn.LeakyReLU(negative_slope=0.2)}
+
+
 def get_act(nonlinearity):
-  """Activation module by config name: 'swish' / 'silu', 'relu', 'elu', 'lrelu'."""
-  acts = {'swish': nn.SiLU, 'silu': nn.SiLU, 'relu': nn.ReLU, 'elu': nn.ELU,
-          'lrelu': lambda: nn.LeakyReLU(negative_slope=0.2)}
-  if nonlinearity not in acts:
-    raise ValueError(f'config.model.nonlinearity={nonlinearity!r} is unknown; use one of {sorted(acts)}')
-  return acts[nonlinearity]()
+  """Activation module by config name (a key of ACTIVATIONS)."""
+  if nonlinearity not in ACTIVATIONS:
+    raise ValueError(f'config.model.nonlinearity={nonlinearity!r} is unknown; use one of {tuple(ACTIVATIONS)}')
+  return ACTIVATIONS[nonlinearity]()
 
 
 def get_timestep_embedding(timesteps, embedding_dim, max_positions=10000):

@@ -11,6 +11,7 @@ import zipfile
 
 import torch
 
+import dist_util
 import io_util
 from errors import InputError
 from models import ddpm
@@ -40,11 +41,6 @@ def count_parameters(model):
   return sum(p.numel() for p in model.parameters())
 
 
-def _unwrap(model):
-  """The bare module inside nn.DataParallel / DistributedDataParallel."""
-  return model.module if hasattr(model, 'module') and isinstance(model.module, torch.nn.Module) else model
-
-
 def save_checkpoint(path, model, ema, optimizer, step):
   """Atomically write a score_sde-layout checkpoint to `path` (temp file in the same folder, fsync, replace).
 
@@ -52,7 +48,7 @@ def save_checkpoint(path, model, ema, optimizer, step):
   """
   state = {
       'optimizer': optimizer.state_dict() if optimizer is not None else {},
-      'model': {'module.' + k: v for k, v in _unwrap(model).state_dict().items()},
+      'model': {'module.' + k: v for k, v in dist_util.unwrap(model).state_dict().items()},
       'ema': ema.state_dict() if ema is not None else {},
       'step': int(step),
   }
@@ -132,7 +128,7 @@ def load_checkpoint(path, model, ema=None, optimizer=None, map_location='cpu'):
   Raises CheckpointError for a missing, corrupt or foreign file, or one that does not fit the model.
   """
   ckpt = _read(path, map_location)
-  bare = _unwrap(model)
+  bare = dist_util.unwrap(model)
   own = bare.state_dict()
   state = _model_state(ckpt['model'], bare)
   missing, unexpected, shapes = _mismatch(state, own)
@@ -210,7 +206,7 @@ def ema_eps_fn(model, ema=None, precision='fp32', channels_last=False, compile=F
   if ema is not None and not isinstance(ema, ExponentialMovingAverage):
     raise TypeError(f'ema_eps_fn(model, ema): ema must be an ExponentialMovingAverage or None, '
                     f'got {type(ema).__name__}')
-  net = copy.deepcopy(_unwrap(model))
+  net = copy.deepcopy(dist_util.unwrap(model))
   if ema is not None:
     ema.copy_to(net.parameters())
   net.eval().requires_grad_(False)

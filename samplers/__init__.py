@@ -1,9 +1,11 @@
 """Samplers (docs/samplers.md): plain functions with one signature,
 
-  sampler(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False, **options)
+  sampler(eps_fn, schedule, x_init, timesteps, *, generator=None, callback=None, **options) -> x0
+
 
 x_init is the state at timesteps[0] (drawn by samplers.initialisers, which samplers never
-import); timesteps is a descending int grid (samplers.grids); the last step goes to t = -1.
+import); timesteps is a descending int grid (samplers.grids); the last step goes to t = -1. callback(t, x, x0_pred)
+sees every grid point (samplers.trajectory.Trajectory records them); the return value is always x0 alone.
 """
 from samplers import grids
 from samplers.ddim import ddim

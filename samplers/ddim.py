@@ -23,18 +23,6 @@ def step_pairs(schedule, timesteps):
   return [(t, tn, ab[i], ab[i + 1]) for i, (t, tn) in enumerate(zip(seq, nxt))]
 
 
-def new_trajectory():
-  """The trajectory record: per step t, the state x at t and the x0-prediction at t (CPU)."""
-  return {'t': [], 'x': [], 'x0_pred': []}
-
-
-def record(traj, t, x, x0_pred):
-  if traj is not None:
-    traj['t'].append(t)
-    traj['x'].append(x.detach().to('cpu', copy=True))
-    traj['x0_pred'].append(x0_pred.detach().to('cpu', copy=True))
-
-
 def ddim_coefficients(a, a_next, eta):
   """(c_x, c_eps, sigma) with x' = c_x x + c_eps eps + sigma z: DDIM Eq. 12 folded into one affine step.
 
@@ -47,8 +35,7 @@ def ddim_coefficients(a, a_next, eta):
   return c_x, c_eps, sigma
 
 
-def ddim(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False,
-         eta=0.0):
+def ddim(eps_fn, schedule, x_init, timesteps, *, generator=None, callback=None, eta=0.0):
   """DDIM sampler (docs/samplers.md). eta = 0: deterministic DDIM; eta = 1: the paper's fast DDPM.
 
   Args:
@@ -57,19 +44,19 @@ def ddim(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajecto
     x_init: (B, ...) state at timesteps[0] (drawn by an initialiser; never drawn here).
     timesteps: strictly descending ints in [0, T-1] (see samplers.grids); n = len = network calls.
     generator: torch.Generator or list of per-sample generators; needed only when eta > 0.
-    return_trajectory: also return {'t', 'x', 'x0_pred'} lists (CPU tensors, one per step).
+    callback: callback(t, x, x0_pred) at each grid point (samplers.trajectory), or None.
     eta: DDIM eta >= 0.
   Returns:
-    x0 (same shape/dtype as x_init): the x0-prediction of the last step; or (x0, traj).
+    x0 (same shape/dtype as x_init): the x0-prediction of the last step.
   """
   if eta < 0:
     raise ValueError(f'DDIM eta must be >= 0 (use sampling.eta=-1 only at the config level), got {eta}')
-  traj = new_trajectory() if return_trajectory else None
   x, x0_pred = x_init, None
   for t, t_next, a, a_next in step_pairs(schedule, timesteps):
     eps = eps_fn(x, float(t))
-    x0_pred = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)  # Eq. 12, "predicted x0"
-    record(traj, t, x, x0_pred)
+    x0_pred = schedule.x0_from_eps_given_alpha_bar(x, a, eps)  # Eq. 12, "predicted x0"
+    if callback is not None:
+      callback(t, x, x0_pred)
     if t_next < 0:
       break  # a' = 1, sigma = 0: x' = x0_pred exactly; return it (the t = 0 x0-prediction)
     c_x, c_eps, sigma = ddim_coefficients(a, a_next, eta)
@@ -77,4 +64,4 @@ def ddim(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajecto
     if sigma > 0:
       x_new = x_new + sigma * rng.randn(x.shape, generator, device=x.device, dtype=x.dtype)
     x = x_new
-  return (x0_pred, traj) if return_trajectory else x0_pred
+  return x0_pred

@@ -12,7 +12,7 @@ import math
 import torch
 
 import rng
-from samplers.ddim import ddim as ddim_sampler, new_trajectory, record
+from samplers.ddim import ddim as ddim_sampler
 from samplers.grids import check_timesteps
 
 
@@ -21,18 +21,16 @@ def is_full_chain(timesteps):
   return timesteps[-1] == 0 and all(a - b == 1 for a, b in zip(timesteps, timesteps[1:]))
 
 
-def ddpm(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False,
-         eta=1.0):
+def ddpm(eps_fn, schedule, x_init, timesteps, *, generator=None, callback=None, eta=1.0):
   """Ancestral DDPM on a consecutive grid, else DDIM with ``eta`` (default 1); see module doc.
 
   Args: as samplers.ddim.ddim. ``eta`` is used only on non-consecutive grids.
-  Returns: x0 (same shape as x_init), or (x0, traj) with traj = {'t', 'x', 'x0_pred'}.
+  Returns: x0 (same shape as x_init).
   """
   seq = check_timesteps(timesteps, schedule.T)
   if not is_full_chain(seq):
     return ddim_sampler(eps_fn, schedule, x_init, seq, generator=generator,
-                        return_trajectory=return_trajectory, eta=eta)
-  traj = new_trajectory() if return_trajectory else None
+                        callback=callback, eta=eta)
   # Per-step scalars computed once, before the loop (float64 -> python floats).
   ts = torch.tensor(seq, dtype=torch.float64)
   betas = schedule.beta_at(torch.tensor(seq)).tolist()
@@ -40,11 +38,11 @@ def ddpm(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajecto
   x = x_init
   for t, beta, a in zip(seq, betas, abs_):
     eps = eps_fn(x, float(t))
-    if traj is not None:
-      record(traj, t, x, (x - math.sqrt(1 - a) * eps) / math.sqrt(a))
+    if callback is not None:
+      callback(t, x, schedule.x0_from_eps_given_alpha_bar(x, a, eps))
     # Ho et al. Alg. 2 line 4 with sigma_t^2 = beta_t.
     x_new = (x - (beta / math.sqrt(1 - a)) * eps) / math.sqrt(1 - beta)
     if t > 0:  # no noise on the last step
       x_new = x_new + math.sqrt(beta) * rng.randn(x.shape, generator, device=x.device, dtype=x.dtype)
     x = x_new
-  return (x, traj) if return_trajectory else x
+  return x

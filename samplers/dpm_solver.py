@@ -18,7 +18,7 @@ network call per grid point: NFE = n. The history (the previous x0-prediction an
 """
 import math
 
-from samplers.ddim import new_trajectory, record, step_pairs
+from samplers.ddim import step_pairs
 
 
 def half_log_snr(a):
@@ -43,23 +43,23 @@ def second_order_data(x0, x0_prev, lam, lam_prev, lam_next):
   return x0 + (x0 - x0_prev) / (2.0 * r)
 
 
-def dpmpp_2m(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False):
+def dpmpp_2m(eps_fn, schedule, x_init, timesteps, *, generator=None, callback=None):
   """DPM-Solver++(2M) sampler (deterministic; ``generator`` is accepted for the common signature and unused).
 
   Args: as samplers.ddim.ddim (x_init (B, ...) at timesteps[0]; timesteps strictly descending ints in
     [0, T-1]; the last step goes to t = -1).
-  Returns: x0 (same shape as x_init), or (x0, traj) with traj = {'t', 'x', 'x0_pred'} per grid point.
+  Returns: x0 (same shape as x_init).
   """
   del generator
-  traj = new_trajectory() if return_trajectory else None
   x, prev = x_init, None  # prev = (x0_pred, lambda) at the previous grid point
   for t, t_next, a, a_next in step_pairs(schedule, timesteps):
     x0 = schedule.x0_from_eps(x, t, eps_fn(x, float(t)))
-    record(traj, t, x, x0)
+    if callback is not None:
+      callback(t, x, x0)
     lam = half_log_snr(a)
     d = x0
     if prev is not None and a_next < 1.0:  # first and last steps stay first order (module doc)
       d = second_order_data(x0, prev[0], lam, prev[1], half_log_snr(a_next))
     x = exponential_step(x, a, a_next, d)
     prev = (x0, lam)
-  return (x, traj) if return_trajectory else x
+  return x

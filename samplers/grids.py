@@ -20,9 +20,6 @@ import math
 
 import numpy as np
 
-GRID_KINDS = ('late_start', 'uniform', 'quad')
-
-
 def _validate(num_steps, t_start, T):
   """Raises ValueError naming the config field when (num_steps, t_start, T) is impossible."""
   if int(T) < 1:
@@ -74,15 +71,20 @@ def quad_grid(num_steps, T=1000, t_start=None):
   return _finish(seq, 'quad')
 
 
+# sampling.grid -> grid function (num_steps, T, t_start): the one list of grid kinds (validation reads it).
+GRIDS = {
+    'late_start': lambda num_steps, T, t_start: late_start_grid(T - 1 if t_start is None else t_start, num_steps, T),
+    'uniform': uniform_grid,
+    'quad': quad_grid,
+}
+GRID_KINDS = tuple(GRIDS)
+
+
 def make_grid(kind, num_steps, t_start=None, T=1000):
   """Dispatch on sampling.grid; ``t_start`` None means T-1. Returns a descending int tuple."""
-  if kind == 'late_start':
-    return late_start_grid(T - 1 if t_start is None else t_start, num_steps, T)
-  if kind == 'uniform':
-    return uniform_grid(num_steps, T, t_start)
-  if kind == 'quad':
-    return quad_grid(num_steps, T, t_start)
-  raise ValueError(f'unknown sampling.grid {kind!r}; choose one of {GRID_KINDS}')
+  if kind not in GRIDS:
+    raise ValueError(f'unknown sampling.grid {kind!r}; choose one of {GRID_KINDS}')
+  return GRIDS[kind](num_steps, T, t_start)
 
 
 def check_timesteps(timesteps, T):

@@ -13,21 +13,24 @@
     x = mu_t + U (sqrt(a lambda) * w) + sqrt(a d + 1 - a) * z,  w ~ N(0, I_r) drawn after z.
 * monte_carlo_moments: the paper's fit (one noised copy of each image at t_start, then
   mean/cov); ``GaussianLateStart.from_noised_moments`` uses it at that t only.
-* compute/save/load_moments and moments_path: the data moments file used by the exact gls.
+* save/load_moments: the data moments file used by the exact gls (workdir.moments_path names it).
 """
 import contextlib
 import logging
 import os
-import zipfile
-import zlib
 
 import numpy as np
 import torch
 
 import io_util
 import rng
-from errors import InputError
+from errors import InputError, one_line
 from moments import RunningMoments
+
+# The late start's choices, one list each (configs.validation and sampling.build_initialiser read them):
+INITS = ('normal', 'gls')  # sampling.init: N(0, I) at t_start, or the Gaussian fitted to the data
+GLS_FITS = ('exact', 'monte_carlo')  # sampling.gls_fit: data moments pushed through q, or the paper's one-draw fit
+GLS_DTYPES = {'float32': torch.float32, 'float64': torch.float64}  # sampling.gls_dtype of the fit's linear algebra
 
 
 class StandardNormal:
@@ -242,17 +245,6 @@ def _flat_batches(batches):
     yield torch.as_tensor(b).reshape(len(b), -1)
 
 
-def compute_data_moments(batches):
-  """Streams (B, C, H, W) model-space batches -> dict(mean (D,), cov (D, D), count) in float64."""
-  acc = None
-  for rows in _flat_batches(batches):
-    acc = acc or RunningMoments(rows.shape[1])
-    acc.update(rows)
-  if acc is None or acc.n < 2:
-    raise ValueError('compute_data_moments needs at least 2 images; the data iterator was empty')
-  return {'mean': acc.mean(), 'cov': acc.cov(), 'count': acc.n}
-
-
 def monte_carlo_moments(batches, schedule, t_start, generator):
   """The paper's fit: one noised copy x_t = q_sample(x0, t_start, eps) per image, then mean/cov.
 
@@ -269,9 +261,20 @@ def monte_carlo_moments(batches, schedule, t_start, generator):
   return {'mean': acc.mean(), 'cov': acc.cov(), 'count': acc.n, 't_start': int(t_start)}
 
 
-def moments_path(stats_dir, dataset, image_size):
-  """Default late-start moments file: {stats_dir}/{dataset}_{image_size}_moments.npz."""
-  return f'{stats_dir}/{dataset.lower()}_{image_size}_moments.npz'
+# A moments file holds the full covariance ('cov') or a rank-r fit of it (samplers.low_rank_fit).
+FIT_KEYS = ('cov', 'var', 'eigvals', 'eigvecs')
+
+
+def late_start_from_fit(schedule, t_start, moments, shape, rank=0, dtype=torch.float64):
+  """GaussianLateStart from a moments dict: the full covariance (from_moments, rank 0 = full) or a streamed rank-r
+  fit (mean, var, eigvals, eigvecs; the diagonal remainder keeps every pixel's variance, as from_moments does)."""
+  if 'cov' in moments:
+    return GaussianLateStart.from_moments(schedule, t_start, moments['mean'], moments['cov'], shape, rank=rank,
+                                          dtype=dtype)
+  eigvals, eigvecs = (torch.as_tensor(np.asarray(moments[k]), dtype=torch.float64) for k in ('eigvals', 'eigvecs'))
+  resid = (torch.as_tensor(np.asarray(moments['var']), dtype=torch.float64) - (eigvecs ** 2) @ eigvals).clamp(min=0)
+  return GaussianLateStart(schedule, t_start, moments['mean'], eigvals.flip(0), eigvecs.flip(1), shape,
+                           resid_var=resid, dtype=dtype)
 
 
 class MomentsError(InputError):
@@ -285,7 +288,8 @@ def save_moments(path, moments, dataset, image_size, num_channels, fingerprint):
   mean = np.asarray(moments['mean'])
   if mean.shape != (num_channels * image_size ** 2,):
     raise ValueError(f'moments of dimension {mean.shape} do not match {num_channels}x{image_size}^2')
-  io_util.save_npz(path, mean=mean, cov=np.asarray(moments['cov']), count=int(moments['count']),
+  arrays = {k: np.asarray(moments[k]) for k in FIT_KEYS if k in moments}  # the full fit's cov or a low-rank fit
+  io_util.save_npz(path, mean=mean, **arrays, count=int(moments['count']),
                    dataset=str(dataset).lower(), image_size=int(image_size), num_channels=int(num_channels),
                    fingerprint=np.str_(fingerprint))
 
@@ -295,6 +299,7 @@ def load_moments(path, dataset, image_size, num_channels, fingerprint=None):
   of another subset, e.g. written with data.num_train=16, are refused); dict(mean, cov, count).
 
   FileNotFoundError when missing; MomentsError (one line naming the file) when corrupt or for another config.
+  dataset None accepts the file's data set (samplers.diffusers_late_start, where no config names one).
   """
   if not os.path.exists(path):
     raise FileNotFoundError(
@@ -304,15 +309,16 @@ def load_moments(path, dataset, image_size, num_channels, fingerprint=None):
   try:
     with np.load(path) as f:
       found = (str(f['dataset']), int(f['image_size']), int(f['num_channels']))
-      out = {'mean': f['mean'], 'cov': f['cov'], 'count': int(f['count'])}
+      out = dict({k: f[k] for k in FIT_KEYS if k in f.files}, mean=f['mean'], count=int(f['count']))
+      if 'cov' not in out and 'eigvecs' not in out:
+        raise KeyError('neither cov nor eigvecs')
       stored = str(f['fingerprint']) if 'fingerprint' in f.files else ''
-    _check_square(torch.as_tensor(out['mean']), torch.as_tensor(out['cov']))
-  except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error) as err:
-    text = str(err).strip().splitlines()
-    raise MomentsError(f'late-start moments file {path} is unreadable ({type(err).__name__}: '
-                       f'{text[0][:200] if text else ""}): the file is corrupt or truncated; delete it and rerun '
-                       f'--mode=gauss_stats') from None
-  want = (str(dataset).lower(), int(image_size), int(num_channels))
+    if 'cov' in out:
+      _check_square(torch.as_tensor(out['mean']), torch.as_tensor(out['cov']))
+  except io_util.NPZ_ERRORS as err:
+    raise MomentsError(f'late-start moments file {path} is unreadable ({one_line(err)}): the file is corrupt or '
+                       f'truncated; delete it and rerun --mode=gauss_stats') from None
+  want = (found[0] if dataset is None else str(dataset).lower(), int(image_size), int(num_channels))
   if found != want:
     raise MomentsError(f'moments file {path} holds (dataset, image_size, num_channels) = {found} but '
                        f'the config asks for {want}; recompute it or fix sampling.moments_file')

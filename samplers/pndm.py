@@ -33,9 +33,8 @@ step t' = -1 (alpha_bar = 1, clean data) so t_mid = (t - 1)/2, e.g. -0.5 for t =
 e4 / improved-Euler e2 is evaluated at t' = -1. The network was trained on t >= 0 only, so
 eps_fn gets max(time, 0.0) while alpha_bar uses the true (negative) time.
 """
-import math
 
-from samplers.ddim import new_trajectory, record, step_pairs
+from samplers.ddim import ddim_coefficients, step_pairs
 
 VARIANTS = ('f-pndm', 's-pndm', 'plms', 'plms-euler')
 _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12),
@@ -57,8 +56,8 @@ def nfe(num_steps, variant='f-pndm'):
 
 
 def transfer_coefficients(a, a_next):
-  """(c_x, c_eps) of phi(x, t -> t', eps) = c_x x + c_eps eps (PNDM Eq. 9 = DDIM eta = 0)."""
-  return math.sqrt(a_next / a), math.sqrt(1 - a_next) - math.sqrt(a_next * (1 - a) / a)
+  """(c_x, c_eps) of phi(x, t -> t', eps) = c_x x + c_eps eps: PNDM Eq. 9 is the DDIM step with eta = 0."""
+  return ddim_coefficients(a, a_next, 0.0)[:2]
 
 
 def transfer(x, a, a_next, eps):
@@ -90,24 +89,23 @@ def _combine(history, order):
   return out
 
 
-def pndm(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False,
+def pndm(eps_fn, schedule, x_init, timesteps, *, generator=None, callback=None,
          variant='f-pndm'):
   """PNDM sampler (deterministic; ``generator`` is accepted for the common signature and unused).
 
   Args: as samplers.ddim.ddim; variant in VARIANTS (module doc gives each and its NFE).
-  Returns: the final x (same shape as x_init), or (x, traj) with traj = {'t', 'x', 'x0_pred'};
-    x0_pred at t uses e1 = eps(x, t), the plain network prediction at that state.
+  Returns: the final x (same shape as x_init). The callback's x0_pred at t uses e1 = eps(x, t), the plain network
+    prediction at that state.
   """
   if variant not in VARIANTS:
     raise ValueError(f'unknown sampling.pndm_variant {variant!r}; choose one of {VARIANTS}')
   del generator
-  traj = new_trajectory() if return_trajectory else None
   history = []  # e1 of every step, newest last; at most 4 are used
   x = x_init
   for t, t_next, a, a_next in step_pairs(schedule, timesteps):
     e1 = _call(eps_fn, x, t)
-    if traj is not None:
-      record(traj, t, x, (x - math.sqrt(1 - a) * e1) / math.sqrt(a))
+    if callback is not None:
+      callback(t, x, schedule.x0_from_eps_given_alpha_bar(x, a, e1))
     history.append(e1)
     if len(history) > 4:
       history.pop(0)
@@ -123,4 +121,4 @@ def pndm(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajecto
     else:
       eps = _combine(history, min(len(history), 4))
     x = transfer(x, a, a_next, eps)
-  return (x, traj) if return_trajectory else x
+  return x

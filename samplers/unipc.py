@@ -22,7 +22,7 @@ predictor step that reached it. The last step goes to alpha_bar(-1) = 1 and retu
 """
 import math
 
-from samplers.ddim import new_trajectory, record, step_pairs
+from samplers.ddim import step_pairs
 from samplers.dpm_solver import exponential_step, half_log_snr, second_order_data
 
 
@@ -58,26 +58,26 @@ def _correct(x_prev, a_prev, a, m, history, order):
   return base - scale * (rho1 * (m_old - m_prev) / r + rho_p * (m - m_prev))
 
 
-def unipc(eps_fn, schedule, x_init, timesteps, *, generator=None, return_trajectory=False):
+def unipc(eps_fn, schedule, x_init, timesteps, *, generator=None, callback=None):
   """UniPC sampler, UniP-2 + UniC, bh2 (deterministic; ``generator`` is accepted and unused).
 
   Args: as samplers.ddim.ddim.
-  Returns: x0 (same shape as x_init), or (x0, traj): traj['x'] holds the corrected state at each grid point and
-    traj['x0_pred'] the network's x0-prediction there (made at the state before the correction).
+  Returns: x0 (same shape as x_init). The callback gets the corrected state at each grid point and the network's
+    x0-prediction there (made at the state before the correction).
   """
   del generator
   steps = step_pairs(schedule, timesteps)
-  traj = new_trajectory() if return_trajectory else None
   x, history, last = x_init, [], None  # last = (x, alpha_bar, predictor order) of the previous point
   for i, (t, t_next, a, a_next) in enumerate(steps):
     m = schedule.x0_from_eps(x, t, eps_fn(x, float(t)))
     if last is not None and a_next < 1.0:  # at the last point the correction cannot change the output
       x = _correct(last[0], last[1], a, m, history, last[2])
-    record(traj, t, x, m)
+    if callback is not None:
+      callback(t, x, m)
     history = (history + [(m, half_log_snr(a))])[-2:]
     order = min(2, len(history), len(steps) - i)
     last = (x, a, order)
     d = m if order == 1 else second_order_data(m, history[-2][0], history[-1][1], history[-2][1],
                                                half_log_snr(a_next))
     x = exponential_step(x, a, a_next, d)
-  return (x, traj) if return_trajectory else x
+  return x

@@ -87,6 +87,27 @@ def tiny_digits_config(tmp_dir, **overrides):
   return config
 
 
+TRAINED_OVERRIDES = {'data.num_train': 32, 'training.snapshot_sampling': False}  # the shared model's run
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tmp_path_factory):
+  """The workdir of a tiny digits model (tiny_digits_config with TRAINED_OVERRIDES: 20 steps on 32 images), trained
+  once per session. Tests that write into a workdir take a copy (copy_workdir), so they cannot see each other."""
+  import run_lib
+  tmp = tmp_path_factory.mktemp('trained')
+  workdir = os.path.join(str(tmp), 'run')
+  run_lib.train(tiny_digits_config(tmp, **TRAINED_OVERRIDES), workdir)
+  return workdir
+
+
+def copy_workdir(workdir, dest):
+  """A private copy of a trained workdir at ``dest`` (str path)."""
+  import shutil
+  shutil.copytree(workdir, str(dest))
+  return str(dest)
+
+
 def data_config(module, root='', **data):
   """The config of configs/ddpm/<module> reading its data from root, without loader workers; data overrides
   config.data fields."""
@@ -107,21 +128,27 @@ def tiny_config(tmp_path):
 # Each writer returns {split: (images uint8 (N, C, H, W), labels int64 (N,))} of what it wrote (labels 0-based,
 # as the loader returns them; CelebA: images None, the JPEGs are lossy).
 
-def write_mnist(root, n_train, n_test, seed=0):
-  """MNIST as downloaded from yann.lecun.com: gzipped idx files in root/MNIST/raw (torchvision's folder).
-  idx: bytes 0 0 8 ndim, then ndim big-endian uint32 sizes, then uint8 data."""
+def write_idx(path, array, gzipped=False):
+  """An idx file (yann.lecun.com's format): bytes 0 0 8 ndim, ndim big-endian uint32 sizes, then uint8 data;
+  gzipped: as downloaded (path should end in .gz), else as extracted."""
   import gzip
   import struct
+  data = struct.pack('>BBBB', 0, 0, 8, array.ndim) + struct.pack(f'>{array.ndim}I', *array.shape) + array.tobytes()
+  with open(path, 'wb') as f:
+    f.write(gzip.compress(data) if gzipped else data)
+
+
+def write_mnist(root, n_train=5, n_test=3, seed=0, gzipped=True):
+  """MNIST in root/MNIST/raw (torchvision's folder): {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], gzipped as
+  downloaded or extracted (the loader reads both)."""
   import numpy as np
   raw = os.path.join(str(root), 'MNIST', 'raw')
   os.makedirs(raw, exist_ok=True)
   rng, out = np.random.default_rng(seed), {}
   for split, prefix, n in (('train', 'train', n_train), ('test', 't10k', n_test)):
     x, y = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
-    for name, array in ((f'{prefix}-images-idx3-ubyte.gz', x), (f'{prefix}-labels-idx1-ubyte.gz', y)):
-      header = struct.pack('>BBBB', 0, 0, 8, array.ndim) + struct.pack(f'>{array.ndim}I', *array.shape)
-      with open(os.path.join(raw, name), 'wb') as f:
-        f.write(gzip.compress(header + array.tobytes()))
+    for name, array in ((f'{prefix}-images-idx3-ubyte', x), (f'{prefix}-labels-idx1-ubyte', y)):
+      write_idx(os.path.join(raw, name + ('.gz' if gzipped else '')), array, gzipped)
     out[split] = (x[:, None], y.astype(np.int64))
   return out
 
@@ -152,7 +179,7 @@ def _py2_pickle(obj, f):
   Py2Pickler(f, protocol=2).dump(obj)
 
 
-def write_cifar10(root, n_per_batch, n_test, seed=0):
+def write_cifar10(root, n_per_batch=2, n_test=2, seed=0):
   """cifar-10-python.tar.gz extracted: root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}, Python 2
   pickles of dicts with 'batch_label', 'labels' (list of int), 'data' (uint8 (N, 3072), rows CHW), 'filenames'."""
   import numpy as np
@@ -173,9 +200,11 @@ def write_cifar10(root, n_per_batch, n_test, seed=0):
   return {s: (np.concatenate(xs[s]), np.asarray(ys[s], np.int64)) for s in xs}
 
 
-def write_celeba(root, n_train, n_val, n_test, seed=0):
+def write_celeba(root, n_train=3, n_val=1, n_test=1, seed=0, image=None):
   """Aligned CelebA: root/img_align_celeba/NNNNNN.jpg (178x218 RGB JPEGs, numbered as the real files: train from
-  000001, validation from 162771, test from 182638) and root/list_eval_partition.txt rows 'NNNNNN.jpg p'."""
+  000001, validation from 162771, test from 182638) and root/list_eval_partition.txt rows 'NNNNNN.jpg p'.
+  image: one uint8 (218, 178, 3) picture for every file, saved at JPEG quality 100 without chroma subsampling (so
+  its colours survive); default: random pixels."""
   import numpy as np
   from PIL import Image
   folder = os.path.join(str(root), 'img_align_celeba')
@@ -184,7 +213,11 @@ def write_celeba(root, n_train, n_val, n_test, seed=0):
   for split, part, first, n in (('train', 0, 1, n_train), ('validation', 1, 162771, n_val),
                                 ('test', 2, 182638, n_test)):
     for i in range(first, first + n):
-      Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(os.path.join(folder, f'{i:06d}.jpg'))
+      path = os.path.join(folder, f'{i:06d}.jpg')
+      if image is None:
+        Image.fromarray(rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)).save(path)
+      else:
+        Image.fromarray(image).save(path, quality=100, subsampling=0)
       rows.append(f'{i:06d}.jpg {part}\n')
     out[split] = (None, np.zeros(n, np.int64))
   with open(os.path.join(str(root), 'list_eval_partition.txt'), 'w') as f:
@@ -192,7 +225,7 @@ def write_celeba(root, n_train, n_val, n_test, seed=0):
   return out
 
 
-def write_imagenet64(root, n_per_batch, n_val, seed=0):
+def write_imagenet64(root, n_per_batch=2, n_val=3, seed=0):
   """Downsampled ImageNet 64x64 (npz format), unzipped into root: train_data_batch_{1..10}.npz with 'data' (uint8
   (N, 12288), rows CHW), 'labels' (1-based, 1..1000) and 'mean'; val_data.npz with 'data' and 'labels'. The train
   files are written uncompressed (memory-mapped by the loader), val_data compressed (loaded whole): both paths."""

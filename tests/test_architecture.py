@@ -12,7 +12,7 @@ LAYERS = [
     ('eval_lib', 6), ('experiments', 6),
     ('run_lib', 5),
     ('sampling', 4),
-    ('analysis', 3),
+    ('analysis', 3), ('configs.validation', 3),
     ('datasets', 2), ('evaluation', 2), ('fid_backend', 2),
     ('data_files', 1), ('inception_weights', 1), ('workdir', 1), ('dist_util', 1), ('configs', 1), ('models', 1),
     ('samplers', 1), ('losses', 1),

@@ -22,9 +22,26 @@ def test_config_list_is_complete():
   assert {'mnist', 'cifar10', 'celeba', 'celeba64', 'imagenet64', 'digits', 'mnist5k', 'molrg'} <= set(CONFIGS)
 
 
+def _published_folder(config, folder):
+  """A stand-in for the diffusers folder a *_diffusers config names: the published config.json and scheduler
+  config (tests/fixtures/diffusers) and an empty weights file (validation reads only the configs)."""
+  import json
+  with open(os.path.join(ROOT, 'tests', 'fixtures', 'diffusers', 'configs.json')) as f:
+    published = json.load(f)
+  (folder / 'unet').mkdir(parents=True)
+  (folder / 'scheduler').mkdir()
+  unet = published['ddpm-cifar10-32' if config.data.image_size == 32 else 'ddpm-256']
+  (folder / 'unet' / 'config.json').write_text(json.dumps(unet))
+  (folder / 'unet' / 'diffusion_pytorch_model.safetensors').write_bytes(b'')
+  (folder / 'scheduler' / 'scheduler_config.json').write_text(json.dumps(published['scheduler']))
+  return str(folder)
+
+
 @pytest.mark.parametrize('name', CONFIGS)
 def test_every_config_validates_builds_and_matches_its_data(name, tmp_path):
   config = importlib.import_module(f'configs.ddpm.{name}').get_config()
+  if config.model.pretrained:  # the config must describe the published model it is written for
+    config.model.pretrained = _published_folder(config, tmp_path / 'pretrained')
   validate_config(config)
   d = config.data
   with torch.device('meta'):  # shapes only: no memory, no compute
@@ -149,13 +166,29 @@ def test_help_lists_every_mode():
     assert re.search(rf'^\s+{mode}: \S', text, re.M), f'--help has no line for mode {mode}'
 
 
-def test_fid_backend_choices_match_the_backend_module():
+def _registries():
+  """(config field, every choice its owning module registers): validation has no list of its own."""
   import fid_backend
-  from configs import validation
-  assert validation.FID_BACKENDS == fid_backend.BACKENDS
+  from models import ddpm, layers
+  from samplers import SAMPLERS, grids, initialisers
+  from samplers.pndm import VARIANTS as PNDM_VARIANTS
+  return [('sampling.method', tuple(SAMPLERS)), ('sampling.grid', tuple(grids.GRIDS)),
+          ('sampling.pndm_variant', PNDM_VARIANTS), ('sampling.init', initialisers.INITS),
+          ('sampling.gls_fit', initialisers.GLS_FITS), ('sampling.gls_dtype', tuple(initialisers.GLS_DTYPES)),
+          ('eval.fid_backend', fid_backend.BACKENDS), ('model.variant', ddpm.VARIANTS),
+          ('model.nonlinearity', tuple(layers.ACTIVATIONS))]
 
 
-def test_model_variant_choices_match_the_model_module():
+@pytest.mark.parametrize('field,choices', _registries(), ids=lambda v: v if isinstance(v, str) else '')
+def test_validation_accepts_every_registered_choice_and_nothing_else(field, choices):
   from configs import validation
-  from models import ddpm
-  assert validation.VARIANTS == ddpm.VARIANTS
+  from configs.ddpm import digits
+  section, name = field.split('.')
+  for value in choices:
+    config = digits.get_config()
+    config[section][name] = value
+    validation.validate_config(config)
+  config = digits.get_config()
+  config[section][name] = 'no-such-choice'
+  with pytest.raises(validation.ConfigError, match=rf'config\.{field}=.*no-such-choice'):
+    validation.validate_config(config)

@@ -62,36 +62,6 @@ def test_scaler_round_trip():
   assert torch.equal(datasets.get_data_inverse_scaler(config)(x), x)
 
 
-def _flips(config, augment, n=40):
-  """How many of n reads of image 0 differ from the un-augmented image."""
-  plain = datasets.get_dataset(config, 'train')[0][0]
-  ds = datasets.get_dataset(config, 'train', augment=augment)
-  return sum(not torch.equal(ds[0][0], plain) for _ in range(n))
-
-
-def test_flip_only_with_augment_and_random_flip():
-  config = _config(digits, random_flip=True)
-  plain = datasets.get_dataset(config, 'train')[0][0]
-  assert not torch.equal(plain, torch.flip(plain, (-1,)))  # the test image is not symmetric
-  ds = datasets.get_dataset(config, 'train', augment=True)
-  seen = {torch.equal(ds[0][0], plain) for _ in range(40)}
-  flipped = {torch.equal(ds[0][0], torch.flip(plain, (-1,))) for _ in range(40)}
-  assert seen == {True, False} and True in flipped
-  assert _flips(config, augment=False) == 0
-  assert _flips(_config(digits, random_flip=False), augment=True) == 0
-
-
-def test_loader_shuffle_deterministic_and_workers():
-  config = _config(digits, random_flip=True)
-  batches = [next(iter(datasets.get_loader(config, 'train', 16, True, False, True,
-                                           generator=torch.Generator().manual_seed(5))))[1] for _ in range(2)]
-  assert torch.equal(batches[0], batches[1])
-  loader = datasets.get_loader(config, 'eval', 100, False, True, False, num_workers=1)
-  x, y = next(iter(loader))  # the flip wrapper survives pickling into a worker
-  assert x.shape == (100, 1, 8, 8) and y.dtype == torch.int64
-  assert len(loader) == 3
-
-
 def test_num_train():
   config = _config(digits, num_train=16)
   x, _ = datasets.load_arrays(config, 'train')

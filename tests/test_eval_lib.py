@@ -9,22 +9,21 @@ import eval_lib
 import evaluation
 import run_lib
 import workdir as wd
-from conftest import tiny_digits_config
+from conftest import TRAINED_OVERRIDES, copy_workdir, tiny_digits_config
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A 20-step digits model plus FID stats of its first 32 training images (shared by the tests below)."""
+def trained(tmp_path_factory, trained_workdir):
+  """The session's 20-step digits model (a copy) plus FID stats of its 32 training images (shared below)."""
   tmp = tmp_path_factory.mktemp('eval')
   mp = pytest.MonkeyPatch()
   mp.setenv('SSB_CACHE_DIR', str(tmp / 'cache'))
-  config = tiny_digits_config(tmp, **{'data.num_train': 32, 'training.snapshot_sampling': False})
+  config = tiny_digits_config(tmp, **TRAINED_OVERRIDES)
   config.eval.methods = ('ddim', 'pndm')
   config.eval.num_steps = (3,)
   config.eval.t_starts = (400,)
   config.eval.kid_subset_size = 8
-  workdir = str(tmp / 'run')
-  run_lib.train(config, workdir)
+  workdir = copy_workdir(trained_workdir, tmp / 'run')
   stats = eval_lib.fid_stats(config, workdir)
   yield config, workdir, stats
   mp.undo()

@@ -7,20 +7,18 @@ import pytest
 
 import eval_lib
 import io_util
-import run_lib
 import sampling
-from conftest import tiny_digits_config
+from conftest import TRAINED_OVERRIDES, copy_workdir, tiny_digits_config
 from experiments import ssb
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, trained_workdir):
   tmp = tmp_path_factory.mktemp('ssb')
   mp = pytest.MonkeyPatch()
   mp.setenv('SSB_CACHE_DIR', str(tmp / 'cache'))
-  config = tiny_digits_config(tmp, **{'training.snapshot_sampling': False})
-  workdir = str(tmp / 'run')
-  run_lib.train(config, workdir)
+  config = tiny_digits_config(tmp, **TRAINED_OVERRIDES)
+  workdir = copy_workdir(trained_workdir, tmp / 'run')
   yield config, workdir
   mp.undo()
 

@@ -18,7 +18,7 @@ import datasets
 import evaluation as ev
 import inception_weights as iw
 from configs.ddpm import celeba, cifar10, digits, imagenet64, mnist
-from conftest import data_config as _config
+from conftest import data_config as _config, write_celeba, write_cifar10, write_idx, write_mnist
 from errors import InputError
 from samplers import initialisers as init
 
@@ -90,11 +90,11 @@ def test_data_fingerprint_follows_the_data(tmp_path):
   assert len(base) == 64 and datasets.data_fingerprint(config) == base  # deterministic
   assert datasets.data_fingerprint(config, 'eval') != base
   assert datasets.data_fingerprint(_config(digits, num_train=100)) != base
-  raw = _write_mnist(tmp_path)  # on-disk data: one changed pixel changes the fingerprint
+  raw = write_mnist(tmp_path, gzipped=False)  # on-disk data: one changed pixel changes the fingerprint
   before = datasets.data_fingerprint(_config(mnist, tmp_path))
-  x = raw['train'][0].copy()
+  x = raw['train'][0][:, 0].copy()
   x[3, 10, 10] ^= 1
-  _write_idx(tmp_path / 'MNIST' / 'raw' / 'train-images-idx3-ubyte', x)
+  write_idx(tmp_path / 'MNIST' / 'raw' / 'train-images-idx3-ubyte', x)
   assert datasets.data_fingerprint(_config(mnist, tmp_path)) != before
 
 
@@ -157,48 +157,20 @@ def test_corrupt_weight_cache_is_rebuilt(tmp_path, monkeypatch, caplog, umask022
 
 # --- data files ------------------------------------------------------------------------------------------------
 
-def _write_idx(path, array):
-  with open(path, 'wb') as f:
-    f.write(bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, '>u4').tobytes() + array.tobytes())
-
-
-def _write_mnist(root):
-  raw = root / 'MNIST' / 'raw'
-  raw.mkdir(parents=True)
-  rng = np.random.default_rng(1)
-  out = {}
-  for prefix in ('train', 't10k'):
-    x, y = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), rng.integers(0, 10, 5).astype(np.uint8)
-    _write_idx(raw / f'{prefix}-images-idx3-ubyte', x)
-    _write_idx(raw / f'{prefix}-labels-idx1-ubyte', y)
-    out[prefix] = (x, y)
-  return out
-
-
 @pytest.mark.parametrize('fault', ['truncated', 'header', 'gzip'])
 def test_corrupt_mnist(tmp_path, fault):
-  raw = _write_mnist(tmp_path)
+  raw = write_mnist(tmp_path, gzipped=False)
   path = tmp_path / 'MNIST' / 'raw' / 'train-images-idx3-ubyte'
   if fault == 'gzip':  # the file as downloaded (name.gz) is read too; a cut-off download is reported
     path.with_name(path.name + '.gz').write_bytes(gzip.compress(path.read_bytes()))
     path.unlink()
     x, _ = datasets.load_arrays(_config(mnist, tmp_path), 'train')
-    np.testing.assert_array_equal(np.rint(x[:, 0].numpy() * 255), raw['train'][0])
+    np.testing.assert_array_equal(np.rint(x.numpy() * 255), raw['train'][0])
     path = path.with_name(path.name + '.gz')
   _garble(path, 0 if fault == 'header' else 0.5)
   with pytest.raises(datasets.DataError) as err:
     datasets.get_dataset(_config(mnist, tmp_path), 'train')
   _one_line_about(err, path, 'corrupt', 'delete it')
-
-
-def _write_cifar(root):
-  folder = root / 'cifar-10-batches-py'
-  folder.mkdir(parents=True)
-  for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
-    with open(folder / name, 'wb') as f:
-      pickle.dump({'data': np.zeros((2, 3072), np.uint8), 'labels': [1, 2]}, f)
-  (folder / 'batches.meta').write_bytes(pickle.dumps({'label_names': list('0123456789')}))
-  return folder
 
 
 class _Evil:
@@ -211,7 +183,8 @@ class _Evil:
 
 @pytest.mark.parametrize('fault', ['truncated', 'junk', 'code'])
 def test_corrupt_cifar10(tmp_path, fault):
-  path = _write_cifar(tmp_path) / 'data_batch_3'
+  write_cifar10(tmp_path)
+  path = tmp_path / 'cifar-10-batches-py' / 'data_batch_3'
   marker = tmp_path / 'code_ran'
   if fault == 'code':  # a pickle that would run a command is refused, not executed
     path.write_bytes(pickle.dumps({'data': _Evil(marker), 'labels': []}))
@@ -223,18 +196,9 @@ def test_corrupt_cifar10(tmp_path, fault):
   assert not marker.exists()
 
 
-def _write_celeba(root, n=3):
-  folder = root / 'img_align_celeba'
-  folder.mkdir(parents=True)
-  for i in range(n):
-    Image.fromarray(np.full((218, 178, 3), 40 * i, np.uint8)).save(folder / f'{i + 1:06d}.jpg')
-  (root / 'list_eval_partition.txt').write_text(''.join(f'{i + 1:06d}.jpg 0\n' for i in range(n)))
-  return folder
-
-
 def test_corrupt_celeba(tmp_path):
-  folder = _write_celeba(tmp_path)
-  config = _config(celeba, tmp_path)
+  write_celeba(tmp_path, n_train=3, n_val=0, n_test=0)
+  folder, config = tmp_path / 'img_align_celeba', _config(celeba, tmp_path)
   before = datasets.data_fingerprint(config)  # sampled path (JPEGs): a changed image changes it
   Image.fromarray(np.full((218, 178, 3), 200, np.uint8)).save(folder / '000002.jpg')
   assert datasets.data_fingerprint(config) != before

@@ -17,7 +17,7 @@ import main
 import run_lib
 import workdir as wd
 from configs.validation import ConfigError
-from conftest import HANG_GUARD_S, ROOT
+from conftest import HANG_GUARD_S, ROOT, copy_workdir
 from errors import InputError
 from test_workdir import dead_pid, unwritable_folder  # noqa: F401 (a fixture)
 
@@ -77,7 +77,7 @@ def test_every_mode_checks_its_output_folder_before_any_work(tiny_config, tmp_pa
   from analysis import memorization as mem_lib
   workdir = tmp_path / 'w'
   workdir.mkdir()
-  for name in ('checkpoints', 'checkpoints-meta', 'eval', 'analysis'):
+  for name in ('checkpoints', 'checkpoints-meta', 'eval', 'analysis', 'diffusers'):
     (workdir / name).write_text('a file, not a folder')
   blocked = tmp_path / 'file'
   blocked.write_text('a file, not a folder')
@@ -204,6 +204,36 @@ def test_the_lock_is_removed_after_an_input_error_inside_the_mode(tmp_path):
   _one_line_error(_main(workdir, 'train', *TINY), 'CheckpointError', 'checkpoint_1.pth', 'restart_unreadable')
   assert not (workdir / '.lock_train').exists()
   assert (workdir / 'checkpoints' / 'checkpoint_1.pth').read_bytes() == b'a damaged file'
+
+
+def test_a_full_disk_during_training_is_one_line_naming_the_file(tmp_path):
+  """A file-size limit (RLIMIT_FSIZE, which needs no root, unlike a small tmpfs) makes the checkpoint write fail
+  as a full disk does: the run ends in one line that names the file, leaves no temporary file behind, and no
+  traceback anywhere."""
+  import resource
+  workdir = tmp_path / 'w'
+  cmd = [sys.executable, 'main.py', '--config=configs/ddpm/digits.py', f'--workdir={workdir}', '--mode=train', *TINY]
+  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))  # Python ignores SIGXFSZ
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S, preexec_fn=limit,
+                        env=dict(os.environ, OMP_NUM_THREADS='1'))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr and lines[-1].startswith('error: '), proc.stderr
+  assert 'StorageError' in lines[-1] and str(workdir / 'checkpoints') in lines[-1], lines[-1]
+  assert [p.name for p in workdir.rglob('*.tmp*')] == []  # the failed write left nothing half-written
+
+
+def test_a_gls_sample_into_a_read_only_stats_dir_is_one_line(tmp_path, trained_workdir, unwritable_folder):  # noqa: F811
+  """The late-start moments must be computed into sampling.stats_dir: a read-only one is refused before the data
+  pass, in one line naming the field, and nothing is sampled."""
+  workdir = copy_workdir(trained_workdir, tmp_path / 'w')
+  proc = _main(workdir, 'sample', '--config.model.nf=32', '--config.model.ch_mult=(1, 2)',
+               '--config.model.num_res_blocks=1', '--config.sampling.init=gls', '--config.sampling.t_start=400',
+               '--config.sampling.num_steps=3', '--config.sampling.num_samples=8', '--config.sampling.batch_size=8',
+               f'--config.sampling.stats_dir={unwritable_folder}')
+  lines = proc.stderr.strip().splitlines()  # the checkpoint's 'loaded' log line may come first
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr and lines[-1].startswith('error: '), proc.stderr
+  assert 'sampling.stats_dir' in lines[-1] and str(unwritable_folder) in lines[-1], lines[-1]
+  assert not list((tmp_path / 'w').glob('samples/*.npz'))
 
 
 # ------------------------------------------------------------------------------------------ config errors: one line

@@ -25,7 +25,7 @@ def small_config(variant):
   return config
 
 
-def tiny_config(variant='ssb'):
+def small_model_config(variant='ssb'):
   config = small_config(variant)
   config.data.image_size = 8
   config.model.ch_mult = (1, 1)
@@ -91,7 +91,7 @@ def test_init_reproduces_reference_weights_bit_exactly(variant, fixtures_dir):
 
 
 def test_zero_init_output_layers():
-  model = mutils.create_model(tiny_config())
+  model = mutils.create_model(small_model_config())
   assert model.all_modules[-1].weight.abs().max() < 1e-4  # conv_out init scale 1e-10 (docs/model.md)
   assert model.all_modules[3].Conv_1.weight.abs().max() < 1e-4
   assert model.all_modules[3].Conv_0.weight.abs().max() > 1e-2
@@ -106,7 +106,7 @@ def test_score_sde_sigmas_buffer_matches_checkpoint(fixtures_dir):
 
 def test_ema_eps_fn_broadcasts_t_and_is_a_snapshot():
   torch.manual_seed(0)
-  model = mutils.create_model(tiny_config())
+  model = mutils.create_model(small_model_config())
   for p in model.parameters():
     p.data += 0.02 * torch.randn_like(p)
   eps_fn = mutils.ema_eps_fn(model)
@@ -126,7 +126,7 @@ def test_ema_eps_fn_broadcasts_t_and_is_a_snapshot():
 
 def test_save_load_round_trip_is_exact_and_in_reference_layout(tmp_path):
   torch.manual_seed(0)
-  model = mutils.create_model(tiny_config('score_sde'))
+  model = mutils.create_model(small_model_config('score_sde'))
   optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
   ema = ExponentialMovingAverage(model.parameters(), decay=0.999)
   loss = model(torch.randn(2, 3, 8, 8), torch.tensor([1., 500.])).square().mean()
@@ -143,7 +143,7 @@ def test_save_load_round_trip_is_exact_and_in_reference_layout(tmp_path):
   assert set(raw['ema']) == {'decay', 'num_updates', 'shadow_params'}
 
   torch.manual_seed(1)
-  model2 = mutils.create_model(tiny_config('score_sde'))
+  model2 = mutils.create_model(small_model_config('score_sde'))
   optimizer2 = torch.optim.Adam(model2.parameters(), lr=2e-4)
   ema2 = ExponentialMovingAverage(model2.parameters(), decay=0.5)
   assert mutils.load_checkpoint(path, model2, ema2, optimizer2) == 3
@@ -160,11 +160,11 @@ def test_save_load_round_trip_is_exact_and_in_reference_layout(tmp_path):
 
 def test_load_without_module_prefix_and_sigmas(tmp_path):
   torch.manual_seed(0)
-  src = mutils.create_model(tiny_config('score_sde'))
+  src = mutils.create_model(small_model_config('score_sde'))
   path = str(tmp_path / 'c.pth')
   state = {k: v for k, v in src.state_dict().items() if k != 'sigmas'}
   torch.save({'model': state, 'step': 9}, path)
-  dst = mutils.create_model(tiny_config('score_sde'))
+  dst = mutils.create_model(small_model_config('score_sde'))
   assert mutils.load_checkpoint(path, dst) == 9
   for k, v in src.state_dict().items():
     assert torch.equal(dst.state_dict()[k], v), k
@@ -172,16 +172,16 @@ def test_load_without_module_prefix_and_sigmas(tmp_path):
 
 
 def test_ssb_model_ignores_checkpoint_sigmas(tmp_path):
-  model = mutils.create_model(tiny_config('ssb'))
+  model = mutils.create_model(small_model_config('ssb'))
   state = {'module.' + k: v for k, v in model.state_dict().items()}
   state['module.sigmas'] = torch.ones(1000, dtype=torch.float64)
   path = str(tmp_path / 'c.pth')
   torch.save({'model': state, 'step': 2}, path)
-  assert mutils.load_checkpoint(path, mutils.create_model(tiny_config('ssb'))) == 2
+  assert mutils.load_checkpoint(path, mutils.create_model(small_model_config('ssb'))) == 2
 
 
 def test_num_groups_sets_every_group_norm_and_keeps_the_checkpoint_format():
-  config = tiny_config()
+  config = small_model_config()
   default = mutils.create_model(config)
   config.model.num_groups = 8
   model = mutils.create_model(config)
@@ -208,7 +208,7 @@ def test_wrong_variant_names_the_fix(fixtures_dir):
 
 
 def test_bad_files_raise_checkpoint_error(tmp_path, fixtures_dir):
-  model = mutils.create_model(tiny_config())
+  model = mutils.create_model(small_model_config())
   missing = str(tmp_path / 'nope.pth')
   with pytest.raises(mutils.CheckpointError, match='nope.pth'):
     mutils.load_checkpoint(missing, model)
@@ -233,7 +233,7 @@ def test_checkpoint_with_non_finite_weights_is_unreadable_and_skipped(tmp_path, 
   one, and the newest-checkpoint search falls back to the older file instead of sampling NaNs."""
   import sampling
   import workdir as wd
-  model = mutils.create_model(tiny_config())
+  model = mutils.create_model(small_model_config())
   ema = ExponentialMovingAverage(model.parameters(), decay=0.9)
   workdir = str(tmp_path)
   os.makedirs(wd.checkpoint_dir(workdir))
@@ -246,7 +246,7 @@ def test_checkpoint_with_non_finite_weights_is_unreadable_and_skipped(tmp_path, 
   torch.save(ckpt, damaged)
   with pytest.raises(mutils.CheckpointError, match='non-finite'):
     mutils.load_checkpoint(damaged, model, ema)
-  fresh = mutils.create_model(tiny_config())
+  fresh = mutils.create_model(small_model_config())
   assert sampling.restore_checkpoint(workdir, fresh, ExponentialMovingAverage(fresh.parameters(), 0.9)) == 1
   assert all(bool(torch.isfinite(p).all()) for p in fresh.parameters())
 

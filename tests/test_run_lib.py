@@ -187,3 +187,16 @@ def test_stale_tmp_files_of_a_killed_write_are_removed(tiny_config, tmp_path):
   tiny_config.training.snapshot_sampling = False
   run_lib.train(tiny_config, str(workdir))
   assert not stale.exists()
+
+
+def test_random_flip_mirrors_about_half_and_shards_agree_with_the_global_batch():
+  x = torch.arange(64 * 4 * 4, dtype=torch.float32).reshape(64, 1, 4, 4)  # no image is its own mirror image
+  assert torch.equal(run_lib._flip(x, torch.Generator().manual_seed(0), enabled=False), x)
+  out = run_lib._flip(x, torch.Generator().manual_seed(0), enabled=True)
+  flipped = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)])
+  kept = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
+  assert bool((flipped | kept).all()) and 16 < int(flipped.sum()) < 48  # each image mirrored or kept, about half
+  world = 4  # rank r holds rows r, r + 4, ...: its flips are the global batch's flips of those rows
+  for rank in range(world):
+    part = run_lib._flip(x[rank::world], torch.Generator().manual_seed(0), enabled=True, rows=(rank, world))
+    assert torch.equal(part, out[rank::world])

@@ -11,6 +11,7 @@ from samplers import grids
 from samplers.ddim import ddim_coefficients
 from samplers.initialisers import GaussianLateStart
 from samplers.pndm import transfer_coefficients
+from samplers.trajectory import Trajectory
 from sde_lib import DDPMSchedule
 
 SCHED = DDPMSchedule()
@@ -193,16 +194,19 @@ def test_ddim_output_is_last_x0_prediction_and_trajectory_shapes():
   eps_fn, _ = gaussian_eps_fn(mu, sigma)
   seq = grids.late_start_grid(999, 6)
   x_init = _start(3, 4)
-  for name in ['ddim', 'ddpm', 'pndm']:
-    out, traj = samplers.get_sampler(name)(eps_fn, SCHED, x_init, seq, return_trajectory=True,
-                                           generator=torch.Generator().manual_seed(0))
+  for name in samplers.SAMPLERS:  # every sampler reports every grid point and returns x0 alone
+    traj = Trajectory()
+    out = samplers.get_sampler(name)(eps_fn, SCHED, x_init, seq, callback=traj,
+                                     generator=torch.Generator().manual_seed(0))
+    assert torch.is_tensor(out) and out.shape == x_init.shape
     assert traj['t'] == list(seq)
     assert len(traj['x']) == len(traj['x0_pred']) == 6
     assert all(v.shape == x_init.shape and v.device.type == 'cpu' for v in traj['x'] + traj['x0_pred'])
     torch.testing.assert_close(traj['x'][0], x_init)
     if name != 'pndm':
       torch.testing.assert_close(out, traj['x0_pred'][-1], rtol=0, atol=0)
-  assert torch.equal(out, samplers.pndm(eps_fn, SCHED, x_init, seq))
+    alone = samplers.get_sampler(name)(eps_fn, SCHED, x_init, seq, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, alone)  # the callback only watches
 
 
 def test_pndm_transfer_equals_ddim_eta0_step():
@@ -212,7 +216,8 @@ def test_pndm_transfer_equals_ddim_eta0_step():
     a, a_next = float(SCHED.alpha_bar(t)), float(SCHED.alpha_bar(t_next))
     assert np.allclose(transfer_coefficients(a, a_next), ddim_coefficients(a, a_next, 0.0)[:2])
   x = _start(3, 4)
-  _, traj = samplers.ddim(eps_fn, SCHED, x, [500, 300], return_trajectory=True)
+  traj = Trajectory()
+  samplers.ddim(eps_fn, SCHED, x, [500, 300], callback=traj)
   a, a_next = float(SCHED.alpha_bar(500)), float(SCHED.alpha_bar(300))
   c_x, c_eps = transfer_coefficients(a, a_next)
   torch.testing.assert_close(traj['x'][1], c_x * x + c_eps * eps_fn(x, 500.0))
@@ -310,7 +315,8 @@ def test_plms_first_step_is_improved_euler():
   c_x, c_eps = transfer_coefficients(a, a_next)
   e1 = eps_fn(x, 999.0)
   e2 = eps_fn(c_x * x + c_eps * e1, 749.0)
-  _, traj = samplers.pndm(eps_fn, SCHED, x, [999, 749, 0], variant='plms', return_trajectory=True)
+  traj = Trajectory()
+  samplers.pndm(eps_fn, SCHED, x, [999, 749, 0], variant='plms', callback=traj)
   torch.testing.assert_close(traj['x'][1], c_x * x + c_eps * 0.5 * (e1 + e2), rtol=0, atol=1e-12)
 
 
@@ -321,9 +327,11 @@ def test_plms_euler_keeps_euler_start(n):
   counter = _Counter(gaussian_eps_fn(mu, sigma)[0])
   x = _start(3, 4)
   seq = grids.late_start_grid(999, n)
-  out, traj = samplers.pndm(counter, SCHED, x, seq, variant='plms-euler', return_trajectory=True)
+  traj = Trajectory()
+  out = samplers.pndm(counter, SCHED, x, seq, variant='plms-euler', callback=traj)
   assert counter.calls == samplers.nfe('pndm', n, variant='plms-euler') == n
-  _, traj_ddim = samplers.ddim(counter.fn, SCHED, x, seq, return_trajectory=True)
+  traj_ddim = Trajectory()
+  samplers.ddim(counter.fn, SCHED, x, seq, callback=traj_ddim)
   if n == 1:
     torch.testing.assert_close(out, traj_ddim['x0_pred'][0], rtol=0, atol=1e-12)
     return
@@ -336,7 +344,3 @@ def test_plms_euler_keeps_euler_start(n):
   torch.testing.assert_close(traj['x'][2] if n > 2 else out, second, rtol=0, atol=1e-12)
 
 
-def test_plms_variants_accepted_by_config_validation():
-  from configs import validation
-  from samplers.pndm import VARIANTS
-  assert set(validation.PNDM_VARIANTS) == set(VARIANTS)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import main
-import run_lib
 import sampling
 import sde_lib
 from errors import InputError
@@ -72,6 +71,15 @@ def test_plan_nfe_equals_the_network_calls_of_a_run(tiny_config, method, variant
   assert plan.nfe == nfe == len(calls)
 
 
+def test_options_given_to_the_plan_replace_the_configs_and_set_its_nfe(tiny_config):
+  tiny_config.sampling.pndm_variant = 'plms'  # n + 1 calls; the caller asks for F-PNDM (n + 9) instead
+  plan = sampling.sampling_plan(tiny_config, SCHEDULE, 'pndm', 5, 'normal', 999, options={'variant': 'f-pndm'})
+  calls = []
+  sampling.generate(lambda x, t: calls.append(t) or 0.1 * x, SCHEDULE, plan, 2, 2, 0, 'cpu', lambda x: x,
+                    progress=False)
+  assert plan.options == {'variant': 'f-pndm'} and plan.nfe == len(calls) == 14
+
+
 def test_samples_do_not_depend_on_the_batch_size(tiny_config):
   plan = sampling.sampling_plan(tiny_config, SCHEDULE, 'ddpm', 5, 'normal', 999)
   eps_fn = lambda x, t: 0.05 * x
@@ -88,13 +96,10 @@ def test_bad_grids_are_input_errors_before_any_work(tiny_config):
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  from conftest import tiny_digits_config
+def trained(tmp_path_factory, trained_workdir):
+  from conftest import TRAINED_OVERRIDES, copy_workdir, tiny_digits_config
   tmp = tmp_path_factory.mktemp('trained')
-  config = tiny_digits_config(tmp)
-  config.training.snapshot_sampling = False
-  run_lib.train(config, str(tmp / 'run'))
-  return config, str(tmp / 'run')
+  return tiny_digits_config(tmp, **TRAINED_OVERRIDES), copy_workdir(trained_workdir, tmp / 'run')
 
 
 def test_sample_mode_writes_npz_and_grid(trained, tmp_path):
