@@ -68,8 +68,9 @@ def sampling_plan(config, schedule, method=None, num_steps=None, init=None, t_st
   Raises InputError before any work for an impossible grid or a gls start that is not the grid's first time.
   """
   init = init or config.sampling.init
-  plan = check_plan(config, method, num_steps, init, t_start, grid, timesteps, options)
-  return plan._replace(initialiser=build_initialiser(config, schedule, plan.t_start, init, moments, cache))
+  checked = check_plan(config, method, num_steps, init, t_start, grid, timesteps, options)
+  initialiser = build_initialiser(config, schedule, checked.t_start, init, moments, cache)
+  return SamplingPlan(checked.method, checked.timesteps, initialiser, checked.sampler, checked.options, checked.nfe)
 
 
 def check_plan(config, method=None, num_steps=None, init=None, t_start=None, grid=None, timesteps=None,
