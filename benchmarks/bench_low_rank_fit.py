@@ -91,7 +91,7 @@ def main():
              '--rank', str(rank), '--threads', str(args.threads)]
       out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
                        .stdout.strip().splitlines()[-1])
-      print(f"| {rank} | 6 | {out['seconds']:.1f} | {out['peak_growth_gb']:.2f} | "
+      print(f"| {rank} | 8 | {out['seconds']:.1f} | {out['peak_growth_gb']:.2f} | "
             f"{', '.join(f'{v:.1f}' for v in out['top'])} |")
 
 

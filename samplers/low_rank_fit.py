@@ -10,7 +10,7 @@ iterations (Halko, Martinsson and Tropp, *Finding Structure with Randomness*, SI
 
 Memory O(D k + N k); every product with X_c is one streaming pass over the data, and the centring is applied to
 the products (X_c A = X A - 1 (mu^T A)), so the first pass also gives the mean and the per-pixel variance:
-2 + 2 q passes in all. Where the full fit also runs (64x64), both give the same rank-r Gaussian (tested).
+2 + 2 q passes in all (q = 3 by default: 8). Where the full fit also runs (64x64), both give the same rank-r Gaussian (tested).
 """
 import torch
 
@@ -27,18 +27,19 @@ def _orth(y):
   return torch.linalg.qr(y, mode='reduced')[0]
 
 
-def streaming_low_rank(batches, dim, rank, oversample=10, power_iters=2, seed=0):
+def streaming_low_rank(batches, dim, rank, oversample=None, power_iters=3, seed=0):
   """Top-``rank`` eigenpairs and the diagonal of the covariance of rows streamed by ``batches``.
 
   Args:
     batches: a callable that returns a fresh iterator over (B, ...) tensors whose rows flatten to D (one call per
       pass; 2 + 2 * power_iters passes, always the rows in the same order).
-    dim: D. rank: r >= 1. oversample, power_iters: the range finder's k - r and q.
+    dim: D. rank: r >= 1. oversample, power_iters: the range finder's k - r (default r + 16, the block of
+      initialisers.top_eigenpairs) and q.
     seed: seed of Omega.
   Returns:
     dict(mean (D,), var (D,) unbiased, eigvals (r,) descending, eigvecs (D, r), count): float64 numpy.
   """
-  k = min(int(rank) + int(oversample), int(dim))
+  k = min(int(rank) + (int(rank) + 16 if oversample is None else int(oversample)), int(dim))
   omega = torch.randn(dim, k, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
   n, total, squares, ys = 0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64), []
   for x in batches():  # pass 1: mean, variance and the raw X Omega

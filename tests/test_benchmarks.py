@@ -20,7 +20,7 @@ SMOKE = {
     'bench_fast_paths.py': (False, None),
     'bench_fid.py': (False, None),
     'bench_gls_fit.py': (False, None),
-    'bench_low_rank_fit.py': (False, '| 4 | 6 |'),
+    'bench_low_rank_fit.py': (False, '| 4 | 8 |'),
     'bench_model.py': (False, '| DDPM CIFAR-10 (ssb) |'),
     'bench_samplers.py': (False, '(b) gls D=48'),
     'bench_train.py': (False, '3 steps after a 2-step warm-up'),
