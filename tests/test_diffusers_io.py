@@ -114,6 +114,11 @@ def test_256_family_at_reduced_width(tmp_path, width):
   assert tuple(config.model.ch_mult) == (1, 1, 2, 2, 4, 4) and tuple(config.model.attn_resolutions) == (16,)
   model = dio.load_into(mutils.create_model(config), str(tmp_path), config).eval()
   unet = diffusers.UNet2DModel.from_pretrained(str(tmp_path / 'unet')).eval()
+  out = dio.export(model, config, str(tmp_path / 'export'))  # and back out: diffusers reloads the same tensors
+  back = diffusers.UNet2DModel.from_pretrained(os.path.join(out, 'unet'))
+  theirs = diffusers.UNet2DModel.from_pretrained(str(tmp_path / 'unet')).state_dict()
+  assert list(back.state_dict()) == list(theirs)
+  assert all(torch.equal(back.state_dict()[k], v) for k, v in theirs.items())
   _outputs_agree(unet, model, 256, torch.float64, 1e-12)
 
 
