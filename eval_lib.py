@@ -204,9 +204,7 @@ def _pretrained_sha256(config):
   """sha256 of model.pretrained's weights file: cells sampled from another folder's weights are stale."""
   if not config.model.get('pretrained'):
     return ''
-  folder = diffusers_io.unet_folder(config.model.pretrained)
-  return file_sha256(next(os.path.join(folder, f) for f in diffusers_io.WEIGHT_FILES
-                          if os.path.isfile(os.path.join(folder, f))))
+  return file_sha256(diffusers_io.weights_file(config.model.pretrained))
 
 
 def evaluate(config, workdir):

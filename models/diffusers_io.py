@@ -17,7 +17,7 @@ import os
 import torch
 
 import io_util
-from errors import ConfigError, InputError
+from errors import ConfigError, InputError, one_line
 
 WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
 # Settings of a UNet2DModel config.json that this architecture fixes: key -> the only value it can take.
@@ -225,18 +225,23 @@ def to_diffusers(state, config):
   return out
 
 
-def load_state_dict(path):
-  """The UNet's tensors from diffusion_pytorch_model.safetensors (preferred) or .bin, on the CPU."""
+def weights_file(path):
+  """The UNet's weights file: diffusion_pytorch_model.safetensors (preferred) or .bin."""
   folder = unet_folder(path)
-  file = next(os.path.join(folder, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f)))
+  return next(os.path.join(folder, f) for f in WEIGHT_FILES if os.path.isfile(os.path.join(folder, f)))
+
+
+def load_state_dict(path):
+  """The UNet's tensors from its weights file, on the CPU."""
+  file = weights_file(path)
   try:
     if file.endswith('.safetensors'):
       from safetensors.torch import load_file
       return load_file(file, device='cpu')
     return torch.load(file, map_location='cpu', weights_only=True)
   except Exception as err:  # a damaged or foreign file: say which, and what to do
-    raise InputError(f'{file} does not load ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ""}'
-                     '): the download is incomplete or the file is not a UNet state dict; fetch it again') from None
+    raise InputError(f'{file} does not load ({one_line(err)}): the download is incomplete or the file is not a UNet '
+                     'state dict; fetch it again') from None
 
 
 def load_into(model, path, config):
