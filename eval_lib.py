@@ -7,8 +7,9 @@ A finished cell is reused only when everything that changes its result is the sa
 checkpoint step, sample count, seed, sampler options, late-start fit and reference statistics); otherwise it
 is recomputed. Outputs in <workdir>/eval/: results.json (every cell; the resume record), floor.json (real held-out
 images scored as a cell: the table's floor), results.md /
-results.csv (Table-1 shape, best t_c per cell), results_all.csv, fid_vs_tc_{method}.png, grid_{method}_n{n}.png,
-samples/{cell}.npz.
+results.csv (Table-1 shape, best t_c per cell), results_gain.md (vanilla against the best gls, with the KID gap),
+results_auto.{md,csv} (the auto t_c against the sweep, when eval.t_starts holds 'auto'), results_all.csv,
+fid_vs_tc_{method}.png, grid_{method}_n{n}.png, samples/{cell}.npz.
 """
 import dataclasses
 import hashlib
@@ -88,7 +89,7 @@ def sweep_cells(config):
   cells = []
   for method in e.methods:
     for n in e.num_steps:
-      starts = [('normal', T - 1)] + [('gls', t) for t in e.t_starts if n <= t + 1]
+      starts = [('normal', T - 1)] + [('gls', t) for t in e.t_starts if t == 'auto' or n <= t + 1]
       for init, t_start in starts:
         cells.append(dict(method=method, num_steps=n, init=init, t_start=t_start, grid=e.grid,
                           key=f'{method}_n{n}_{init}_tc{t_start}_{e.grid}'))
@@ -114,6 +115,8 @@ def cell_signature(config, cell, ctx):
   if cell['init'] == 'gls':
     sig.update(gls_fit=s.gls_fit, gls_rank=int(s.gls_rank), gls_dtype=s.gls_dtype,
                moments_sha256=ctx.moments_sha256)
+  if cell['t_start'] == 'auto':
+    sig.update(auto_tc_samples=int(s.auto_tc_samples), auto_tc_stride=int(s.auto_tc_stride))
   return sig
 
 
@@ -121,7 +124,12 @@ def run_cell(config, cell, ctx):
   """Samples one cell, saves its samples and returns its FID/KID record against the reference stats."""
   t0 = time.time()
   schedule, e = ctx.schedule, config.eval
-  plan = sampling.sampling_plan(config, schedule, cell['method'], cell['num_steps'], cell['init'], cell['t_start'],
+  t_start, auto = cell['t_start'], {}
+  if t_start == 'auto':  # the rule's choice for this (sampler, n); its cost is part of the cell's seconds
+    auto = sampling.choose_t_start(config, schedule, ctx.eps_fn, cell['method'], cell['num_steps'], cell['grid'],
+                                   moments=ctx.moments, cache=ctx.initialisers, device=ctx.device)
+    t_start = auto['t_start']
+  plan = sampling.sampling_plan(config, schedule, cell['method'], cell['num_steps'], cell['init'], t_start,
                                 cell['grid'], moments=ctx.moments, cache=ctx.initialisers)
   images = sampling.generate(ctx.eps_fn, schedule, plan, e.num_samples, e.batch_size, config.seed, ctx.device,
                              ctx.inverse, desc=cell['key'])
@@ -130,7 +138,8 @@ def run_cell(config, cell, ctx):
   path = os.path.join(ctx.outdir, 'samples', cell['key'] + '.npz')
   io_util.save_npz(path, samples=images, timesteps=np.asarray(plan.timesteps))
   scores = score_images(images, ctx.inception, ctx.ref, config, ctx.device)
-  return dict(cell, nfe=plan.nfe, timesteps=list(plan.timesteps), signature=cell_signature(config, cell, ctx),
+  extra = dict(t_start=t_start, tc_rule='auto', auto_tc=auto) if auto else {}
+  return dict(cell, nfe=plan.nfe, timesteps=list(plan.timesteps), signature=cell_signature(config, cell, ctx), **extra,
               checkpoint_step=int(ctx.step), samples=os.path.relpath(path, ctx.outdir),
               seconds=round(time.time() - t0, 1), **scores)
 
@@ -212,8 +221,10 @@ def evaluate(config, workdir):
   plots and grids. Returns {key: record}."""
   dist_util.init()
   cells = sweep_cells(config)
+  T = config.model.num_scales
   for cell in cells:  # bad grids and starts fail before any sampling (gls is checked without fitting it)
-    sampling.check_plan(config, cell['method'], cell['num_steps'], cell['init'], cell['t_start'], cell['grid'])
+    sampling.check_plan(config, cell['method'], cell['num_steps'], cell['init'],
+                        T - 1 if cell['t_start'] == 'auto' else cell['t_start'], cell['grid'])
   outdir = wd.eval_dir(workdir)
   if dist_util.is_main():
     wd.ensure_writable(outdir, 'the eval output folder')
@@ -242,7 +253,8 @@ def evaluate(config, workdir):
     logging.info('floor (real held-out images): FID %.2f KID %.4f +- %.4f over %d images', floor['fid'], floor['kid'],
                  floor['kid_std'], floor['num_samples'])
   done = [results[c['key']] for c in cells]
-  table = tables.write_tables(config, done, outdir, floor=floor)
+  table = (tables.write_tables(config, done, outdir, floor=floor) + tables.write_gain_table(config, done, outdir)
+           + tables.write_auto_table(config, done, outdir))
   tables.plot_fid_vs_tc(config, done, outdir)
   tables.save_comparison_grids(done, outdir)
   print(table)

@@ -12,6 +12,8 @@ DDIM's ``uniform`` and ``quad`` grids take t_start as the top of their range and
 first time, as DDIM does. A Gaussian late start is a state *at* t_c: when the grid does not start at t_start
 the plan is refused before any work, with a message that names the grid and both times.
 """
+import copy
+import json
 import logging
 import os
 from typing import NamedTuple
@@ -30,7 +32,7 @@ from models import diffusers_io
 from models import utils as mutils
 from moments import RunningMoments
 from models.ema import ExponentialMovingAverage
-from samplers import get_sampler, grids, initialisers, low_rank_fit, nfe as count_nfe
+from samplers import auto_tc, get_sampler, grids, initialisers, low_rank_fit, nfe as count_nfe
 
 
 class SamplingPlan(NamedTuple):
@@ -130,6 +132,47 @@ def build_initialiser(config, schedule, t_start, init=None, moments=None, cache=
     return initialisers.GaussianLateStart.from_noised_moments(t_start, fit['mean'], fit['cov'], shape, dtype=dtype)
   moments = moments if moments is not None else late_start_moments(config)
   return initialisers.late_start_from_fit(schedule, t_start, moments, shape, rank=s.gls_rank, dtype=dtype)
+
+
+def choose_t_start(config, schedule, eps_fn, method, num_steps, grid=None, moments=None, cache=None, device='cpu'):
+  """t_c for (method, num_steps) from the two errors a late start trades (samplers/auto_tc.py), without a sweep.
+
+  The late start's KL comes from the network's eps against the fitted Gaussian's on sampling.auto_tc_samples
+  training images (the split's first ones, one noise draw each from config.seed) at every candidate t_c (multiples
+  of sampling.auto_tc_stride, and T-1 = vanilla); the sampler's KL is exact on the fitted Gaussian. cache: a dict
+  kept across calls (the eps measurement and the gls fit are made once). Returns dict(t_start, late_start_kl,
+  solver_kl, total (each {t_c: nats}), proxy, network_calls, seconds): network_calls and seconds are the cost of
+  this call (0 calls where the measurement came from the cache).
+  """
+  import time
+  t0, s, T = time.time(), config.sampling, config.model.num_scales
+  cache = {} if cache is None else cache
+  if s.gls_fit != 'exact' or s.gls_rank != 0:
+    raise InputError(f"sampling.t_start='auto' needs the full-covariance late start (sampling.gls_fit=exact, "
+                     f'sampling.gls_rank=0), not gls_fit={s.gls_fit} gls_rank={s.gls_rank}')
+  proxy = auto_tc.DETERMINISTIC_PROXY.get(method, method)
+  options = {} if proxy != method else sampler_options(method, s)
+  fit = build_initialiser(config, schedule, T - 1, 'gls', moments, cache)
+  calls = 0
+  if 'auto_tc_kl' not in cache:  # the network's part, shared by every (sampler, n)
+    x0 = next(iter(datasets.model_batches(config, batch_size=int(s.auto_tc_samples), progress=False)))
+    gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, 0))
+    times = auto_tc.candidates(T, 1, s.auto_tc_stride)
+    gaps = auto_tc.eps_gap(lambda x, t: eps_fn(x.to(device), t).cpu(), fit, schedule, x0, times, gen)
+    cache['auto_tc_kl'], calls = auto_tc.late_start_kl(schedule, gaps), len(x0) * len(times)
+  late = cache['auto_tc_kl']
+  sampler = get_sampler(proxy)
+  solver = {}
+  for t in auto_tc.candidates(T, num_steps, s.auto_tc_stride):
+    timesteps = check_plan(config, proxy, num_steps, 'normal' if t == T - 1 else 'gls', t, grid, options=options)
+    solver[t] = auto_tc.solver_kl(sampler, options, schedule, fit, timesteps.timesteps, vanilla=t == T - 1)
+  total = {t: late[t] + solver[t] for t in solver}
+  t_c = auto_tc.choose(total)
+  logging.info('auto t_c for %s n=%d: %d (nats: %s)', method, num_steps, t_c,
+               ', '.join(f'{t}: {late[t]:.3g}+{solver[t]:.3g}' for t in solver))
+  return dict(t_start=int(t_c), late_start_kl={str(t): late[t] for t in solver},
+              solver_kl={str(t): v for t, v in solver.items()}, total={str(t): v for t, v in total.items()},
+              proxy=proxy, network_calls=int(calls), seconds=round(time.time() - t0, 2))
 
 
 def late_start_moments(config):
@@ -279,15 +322,21 @@ def sample(config, workdir, sample_out=None):
     wd.ensure_writable(folder, 'the sample output folder')
   from sde_lib import DDPMSchedule
   schedule = DDPMSchedule.from_config(config)
-  check_plan(config)  # a bad grid or start fails here, before any work
+  auto = s.t_start == 'auto'  # chosen below, once the model is loaded; the grid is checked at T-1 until then
+  check_plan(config, t_start=config.model.num_scales - 1 if auto else None)  # bad grids fail before any work
   eps_fn, step = load_eps_fn(config, workdir, device)
+  extra = {}
+  if auto:
+    choice = choose_t_start(config, schedule, eps_fn, s.method, s.num_steps, device=device)
+    config = with_t_start(config, choice['t_start'])
+    s, extra = config.sampling, {'auto_tc': json.dumps(choice)}
   plan = sampling_plan(config, schedule)
   path = sample_out or wd.sample_path(config, workdir, step, plan.options)  # the name holds the checkpoint's step
   images = generate(eps_fn, schedule, plan, s.num_samples, s.batch_size, config.seed, device,
                     datasets.get_data_inverse_scaler(config))
   if not dist_util.is_main():
     return path
-  io_util.save_npz(path, samples=images, timesteps=np.asarray(plan.timesteps), step=step, nfe=plan.nfe)
+  io_util.save_npz(path, samples=images, timesteps=np.asarray(plan.timesteps), step=step, nfe=plan.nfe, **extra)
   save_grid(images, os.path.splitext(path)[0] + '.png')
   ts = list(plan.timesteps)  # a 1,000-step grid is not worth 4,000 characters of log: its ends say it
   shown = ts if len(ts) <= 12 else ts[:5] + ['...'] + ts[-5:]
@@ -295,6 +344,14 @@ def sample(config, workdir, sample_out=None):
                len(images), path, s.method, len(ts), plan.nfe, s.grid, ', '.join(map(str, shown)), s.init,
                plan.t_start, step)
   return path
+
+
+def with_t_start(config, t_start):
+  """A copy of ``config`` whose sampling.t_start is ``t_start`` (an auto choice made concrete)."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.sampling.t_start = int(t_start)
+  return config
 
 
 def gauss_stats(config, workdir=None):

@@ -4,6 +4,7 @@ A dataset file imports ``get_default_configs()`` and changes only what differs.
 Every field can be overridden on the command line, e.g. ``--config.sampling.method=ddim``.
 """
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_default_configs():
@@ -78,7 +79,11 @@ def get_default_configs():
   sampling.num_steps = 10  # n; ddpm with num_steps = t_start + 1 is the full ancestral chain
   sampling.grid = 'late_start'  # late_start (linspace(0, t_c, n)) | uniform | quad
   sampling.init = 'normal'  # normal | gls
-  sampling.t_start = 999  # t_c, in [0, T-1]
+  # t_c in [0, T-1], or 'auto': chosen per (sampler, n) from the KL a late start loses and the KL its sampler saves
+  # a FieldReference of type object so that --config.sampling.t_start=auto parses
+  sampling.t_start = config_dict.FieldReference(999, field_type=object)
+  sampling.auto_tc_samples = 32  # t_start='auto': training images whose noised copies measure the network's eps
+  sampling.auto_tc_stride = 50  # t_start='auto': candidates are the multiples of this below T-1, and T-1
   sampling.eta = -1.0  # DDIM eta; -1 = the method's own (ddim 0, fast ddpm 1)
   sampling.pndm_variant = 'f-pndm'  # f-pndm (RK warm-up) | s-pndm (2nd order) | plms (diffusers) | plms-euler
   sampling.gls_fit = 'exact'  # exact (streamed moments) | monte_carlo (the paper's fit)
@@ -95,7 +100,7 @@ def get_default_configs():
   evaluate.num_samples = 50_000
   evaluate.methods = ('ddpm', 'ddim', 'pndm')
   evaluate.num_steps = (3, 5, 10)
-  evaluate.t_starts = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
+  evaluate.t_starts = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)  # 'auto' adds the rule's cell
   evaluate.grid = 'late_start'
   evaluate.inception_path = ''  # optional pt_inception-2015-12-05-6726825d.pth
   evaluate.fid_backend = 'auto'  # auto: onnxruntime on CPU if installed, else torch | torch | onnxruntime

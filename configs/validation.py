@@ -103,10 +103,18 @@ def _validate_sampling(config):
   _choice(config, 'sampling.pndm_variant', PNDM_VARIANTS)
   _choice(config, 'sampling.gls_fit', GLS_FITS)
   _choice(config, 'sampling.gls_dtype', tuple(GLS_DTYPES))
-  _require(0 <= s.t_start <= T - 1, 'sampling.t_start', s.t_start, f'must be in [0, {T - 1}] (T = {T})')
   _require(s.num_steps >= 1, 'sampling.num_steps', s.num_steps, 'must be >= 1')
-  _require(s.num_steps <= s.t_start + 1, 'sampling.num_steps', s.num_steps,
-           f'cannot exceed t_start + 1 = {s.t_start + 1} distinct timesteps')
+  if s.t_start == 'auto':
+    _require(s.init == 'gls', 'sampling.t_start', 'auto', "chooses a late-start time: it needs sampling.init=gls")
+    _require(s.grid == 'late_start', 'sampling.t_start', 'auto',
+             'needs sampling.grid=late_start (the only grid that starts at every candidate t_c)')
+  else:
+    _require(isinstance(s.t_start, int) and 0 <= s.t_start <= T - 1, 'sampling.t_start', s.t_start,
+             f"must be an integer in [0, {T - 1}] (T = {T}) or 'auto'")
+    _require(s.num_steps <= s.t_start + 1, 'sampling.num_steps', s.num_steps,
+             f'cannot exceed t_start + 1 = {s.t_start + 1} distinct timesteps')
+  _require(s.auto_tc_samples >= 1, 'sampling.auto_tc_samples', s.auto_tc_samples, 'must be >= 1')
+  _require(1 <= s.auto_tc_stride < T, 'sampling.auto_tc_stride', s.auto_tc_stride, f'must be in [1, {T - 1}]')
   _require(s.gls_rank >= 0, 'sampling.gls_rank', s.gls_rank, 'must be >= 0 (0 = full covariance)')
   dim = config.data.num_channels * config.data.image_size ** 2
   too_big = low_rank_fit.full_covariance_bytes(dim) > low_rank_fit.FULL_COVARIANCE_MAX_BYTES
@@ -123,7 +131,14 @@ def _validate_sampling(config):
   for n in config.eval.num_steps:
     _require(n >= 1, 'eval.num_steps', tuple(config.eval.num_steps), 'every n must be >= 1')
   for t in config.eval.t_starts:
-    _require(0 <= t <= T - 1, 'eval.t_starts', tuple(config.eval.t_starts), f'every t_c must be in [0, {T - 1}]')
+    _require(t == 'auto' or (isinstance(t, int) and 0 <= t <= T - 1), 'eval.t_starts', tuple(config.eval.t_starts),
+             f"every t_c must be an integer in [0, {T - 1}] or 'auto'")
+  uses_auto = s.t_start == 'auto' or 'auto' in config.eval.t_starts
+  _require(not uses_auto or (s.gls_fit == 'exact' and s.gls_rank == 0), 'sampling.gls_rank', s.gls_rank,
+           f"t_c 'auto' needs the full-covariance late start (sampling.gls_fit=exact, sampling.gls_rank=0; "
+           f'gls_fit is {s.gls_fit})')
+  _require('auto' not in config.eval.t_starts or config.eval.grid == 'late_start', 'eval.t_starts',
+           tuple(config.eval.t_starts), "'auto' needs eval.grid=late_start (the only grid that starts at every t_c)")
 
 
 def check_override_fields(config, argv):

@@ -16,6 +16,7 @@ import sampling
 import sde_lib
 import workdir as wd
 from analysis import symmetry
+from errors import InputError
 from experiments import plots, tables
 from samplers.trajectory import Trajectory
 
@@ -147,7 +148,12 @@ def _best_gls_tc(workdir, method, n, default):
   """The sweep's FID-best t_c for (method, n) when eval/results.json has it, else ``default``."""
   results = io_util.load_json(os.path.join(wd.eval_dir(workdir), 'results.json'), {})
   best = tables.best_cells(list(results.values())).get((method, n, 'gls')) if results else None
-  return (best['t_start'], 'eval sweep') if best else (default, 'sampling.t_start')
+  if best:
+    return best['t_start'], 'eval sweep'
+  if default == 'auto':
+    raise InputError(f'--mode=diversity needs a t_c for {method} n={n}: run --mode=eval first (its best t_c is used) '
+                     "or set a number in --config.sampling.t_start ('auto' is chosen in sample and eval mode only)")
+  return default, 'sampling.t_start'
 
 
 def _diversity_cell(config, ctx, method, n, t_c):

@@ -9,7 +9,7 @@ import io_util
 from samplers import SAMPLERS
 
 COLUMN_NAMES = {'ddpm': 'DDPM', 'ddim': 'DDIM', 'pndm': 'PNDM', 'dpmpp_2m': 'DPM-Solver++', 'unipc': 'UniPC'}
-ALL_KEYS = ['method', 'num_steps', 'init', 't_start', 'grid', 'nfe', 'num_samples', 'checkpoint_step', 'fid',
+ALL_KEYS = ['method', 'num_steps', 'init', 't_start', 'tc_rule', 'grid', 'nfe', 'num_samples', 'checkpoint_step', 'fid',
             'kid', 'kid_std', 'seconds']
 
 
@@ -17,10 +17,16 @@ def best_cells(cells):
   """{(method, n, init): record}: vanilla as is, gls the t_c with the lowest FID."""
   best = {}
   for r in cells:
+    if is_auto(r):  # the rule's cell is compared with the sweep (write_auto_table), not part of its best
+      continue
     k = (r['method'], r['num_steps'], r['init'])
     if k not in best or r['fid'] < best[k]['fid']:
       best[k] = r
   return best
+
+
+def is_auto(record):
+  return record.get('tc_rule') == 'auto'
 
 
 def columns(cells):
@@ -55,7 +61,7 @@ def write_tables(config, cells, outdir, floor=None):
     md_rows.append(row)
   counts = sorted({r['num_samples'] for r in cells})
   steps = sorted({r.get('checkpoint_step', -1) for r in cells})
-  t_cs = sorted({r['t_start'] for r in cells if r['init'] == 'gls'})
+  t_cs = sorted({r['t_start'] for r in cells if r['init'] == 'gls' and not is_auto(r)})
   note = (f'\nFID against the training-split statistics, {counts} samples per cell, checkpoint step {steps}; grid '
           f'"{cells[0]["grid"]}" (samplers/grids.py); vanilla = N(0, I) at t_c=T-1; gls = Gaussian late start, best '
           f't_c of {t_cs}. NFE = network calls. KID (with its standard error over subsets): results_all.csv.\n')
@@ -80,9 +86,11 @@ def plot_fid_vs_tc(config, cells, outdir):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for i, n in enumerate(sorted({r['num_steps'] for r in cells if r['method'] == method})):
       mine = [r for r in cells if r['method'] == method and r['num_steps'] == n]
-      gls = sorted((r['t_start'], r['fid']) for r in mine if r['init'] == 'gls')
+      gls = sorted((r['t_start'], r['fid']) for r in mine if r['init'] == 'gls' and not is_auto(r))
       if gls:
         ax.plot(*zip(*gls), 'o-', color=f'C{i}', label=f'gls, n={n}')
+      for r in filter(is_auto, mine):
+        ax.plot(r['t_start'], r['fid'], '*', ms=12, mfc='none', color=f'C{i}', label=f'auto t_c, n={n}')
       for r in mine:
         if r['init'] == 'normal':
           ax.axhline(r['fid'], color=f'C{i}', ls='--', lw=1, label=f'vanilla, n={n}')
@@ -109,3 +117,88 @@ def save_comparison_grids(cells, outdir, count=64):
       ax.axis('off')
     fig.suptitle(f'{COLUMN_NAMES[method]}, n={n}', fontsize=10)
     io_util.save_figure(fig, os.path.join(outdir, f'grid_{method}_n{n}.png'))
+
+
+AUTO_KEYS = ['method', 'n', 'auto_t_c', 'auto_fid', 'auto_kid', 'auto_kid_std', 'best_t_c', 'best_fid', 'best_kid',
+             'best_kid_std', 'kid_gap_se', 'worst_t_c', 'worst_fid', 'worst_kid', 'vanilla_fid', 'vanilla_kid',
+             'auto_seconds', 'sweep_seconds', 'cost_ratio', 'choice_network_calls']
+
+
+def auto_rows(cells):
+  """One row per (method, n) with an auto cell: the auto t_c against the sweep's best and worst t_c (by KID), the
+  KID gap in combined standard errors, and the cost of auto (its cell, choice included) against the sweep's cells."""
+  rows = []
+  for a in filter(is_auto, cells):
+    mine = [r for r in cells if (r['method'], r['num_steps']) == (a['method'], a['num_steps']) and not is_auto(r)]
+    sweep = [r for r in mine if r['init'] == 'gls']
+    if not sweep:
+      continue
+    best, worst = min(sweep, key=lambda r: r['kid']), max(sweep, key=lambda r: r['kid'])
+    vanilla = next((r for r in mine if r['init'] == 'normal'), {})
+    se = (a['kid_std'] ** 2 + best['kid_std'] ** 2) ** 0.5
+    auto_s = a['seconds']  # sampling and scoring the cell, and the choice (the network part in the first cell only)
+    sweep_s = sum(r['seconds'] for r in sweep)
+    rows.append(dict(method=a['method'], n=a['num_steps'], auto_t_c=a['t_start'], auto_fid=a['fid'],
+                     auto_kid=a['kid'], auto_kid_std=a['kid_std'], best_t_c=best['t_start'], best_fid=best['fid'],
+                     best_kid=best['kid'], best_kid_std=best['kid_std'],
+                     kid_gap_se=(a['kid'] - best['kid']) / se if se > 0 else float('nan'),
+                     worst_t_c=worst['t_start'], worst_fid=worst['fid'], worst_kid=worst['kid'],
+                     vanilla_fid=vanilla.get('fid', float('nan')), vanilla_kid=vanilla.get('kid', float('nan')),
+                     auto_seconds=auto_s, sweep_seconds=sweep_s, cost_ratio=auto_s / sweep_s if sweep_s else float('nan'),
+                     choice_network_calls=a['auto_tc']['network_calls']))
+  return rows
+
+
+def write_auto_table(config, cells, outdir):
+  """results_auto.md / results_auto.csv: the auto t_c against the sweep (docs/late_start.md, "Choosing t_c
+  without a sweep"); returns the markdown, or '' when the sweep has no auto cell."""
+  rows = auto_rows(cells)
+  if not rows:
+    return ''
+  header = ['sampler', 'n', 'auto t_c: FID / KID', 'sweep best t_c: FID / KID', 'gap (SE)', 'sweep worst t_c: FID',
+            'vanilla FID', 'cost auto / sweep']
+  md = [[COLUMN_NAMES[r['method']], str(r['n']),
+         f"{r['auto_t_c']}: {r['auto_fid']:.2f} / {r['auto_kid']:.4f} +- {r['auto_kid_std']:.4f}",
+         f"{r['best_t_c']}: {r['best_fid']:.2f} / {r['best_kid']:.4f} +- {r['best_kid_std']:.4f}",
+         f"{r['kid_gap_se']:.1f}", f"{r['worst_t_c']}: {r['worst_fid']:.2f}", f"{r['vanilla_fid']:.2f}",
+         f"{r['auto_seconds']:.0f} s / {r['sweep_seconds']:.0f} s = {r['cost_ratio']:.2f}"] for r in rows]
+  within = sum(r['kid_gap_se'] <= 2 for r in rows)
+  cheap = sum(r['cost_ratio'] <= 1 / 3 for r in rows)
+  t_cs = sorted({r['t_start'] for r in cells if r['init'] == 'gls' and not is_auto(r)})
+  calls = sum(r['choice_network_calls'] for r in rows)
+  note = (f'\n{config.data.dataset}: auto t_c (samplers/auto_tc.py) against the sweep over t_c in {t_cs}; best and '
+          'worst by KID. gap = (KID auto - KID best) / combined standard error. Cost: the auto cell (choice + '
+          'sampling + scoring) against the sweep\'s gls cells; the choices made '
+          f'{calls} network calls in all (the first auto cell makes them, the others reuse them). '
+          f'Within 2 SE of the best in {within} of {len(rows)} cells; at most a third of the cost in {cheap} of '
+          f'{len(rows)}.\n')
+  table = io_util.markdown_table(header, md) + note
+  io_util.write_text(os.path.join(outdir, 'results_auto.md'), table)
+  io_util.write_csv(os.path.join(outdir, 'results_auto.csv'), AUTO_KEYS, [[r[k] for k in AUTO_KEYS] for r in rows])
+  return table
+
+
+def write_gain_table(config, cells, outdir):
+  """results_gain.md: per (sampler, n), vanilla against the sweep's best gls cell (by FID, as Table 1): FID and
+  KID of both, the KID gap in combined standard errors (positive = gls better) and the FID change; returns it."""
+  best = best_cells(cells)
+  rows = []
+  for method, init in columns(cells):
+    if init != 'gls':
+      continue
+    for n in sorted({r['num_steps'] for r in cells}):
+      g, v = best.get((method, n, 'gls')), best.get((method, n, 'normal'))
+      if g is None or v is None:
+        continue
+      se = (g['kid_std'] ** 2 + v['kid_std'] ** 2) ** 0.5
+      rows.append([COLUMN_NAMES[method], str(n), f"{v['fid']:.2f}", f"{v['kid']:.4f} +- {v['kid_std']:.4f}",
+                   f"{g['fid']:.2f} (t_c={g['t_start']})", f"{g['kid']:.4f} +- {g['kid_std']:.4f}",
+                   f"{(v['kid'] - g['kid']) / se:.1f}" if se > 0 else 'nan', f"{100 * (g['fid'] / v['fid'] - 1):+.0f}%"])
+  if not rows:
+    return ''
+  header = ['sampler', 'n', 'vanilla FID', 'vanilla KID', 'best gls FID', 'gls KID', 'KID gap (SE)', 'FID change']
+  table = io_util.markdown_table(header, rows) + (
+      f'\n{config.data.dataset}: KID gap = (vanilla KID - gls KID) / root sum of squares of their standard errors; '
+      'positive = the late start scores better.\n')
+  io_util.write_text(os.path.join(outdir, 'results_gain.md'), table)
+  return table

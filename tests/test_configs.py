@@ -99,6 +99,11 @@ def test_paper_numbers():
     ('sampling.method', 'euler', 'config.sampling.method'),
     ('sampling.init', 'uniform', 'config.sampling.init'),
     ('sampling.t_start', 1000, 'config.sampling.t_start'),
+    ('sampling.t_start', 'soon', "config.sampling.t_start.*or 'auto'"),
+    ('sampling.t_start', 'auto', 'needs sampling.init=gls'),
+    ('sampling.auto_tc_stride', 0, 'config.sampling.auto_tc_stride'),
+    ('sampling.auto_tc_samples', 0, 'config.sampling.auto_tc_samples'),
+    ('eval.t_starts', (400, 'later'), "config.eval.t_starts.*or 'auto'"),
     ('sampling.num_steps', 0, 'config.sampling.num_steps'),
     ('model.num_groups', 0, 'config.model.num_groups'),
     ('model.num_groups', 96, 'multiple of model.num_groups = 96'),
@@ -111,6 +116,22 @@ def test_bad_values_name_the_field(field, value, match):
   section, name = field.split('.')
   config[section][name] = value
   with pytest.raises(ConfigError, match=match):
+    validate_config(config)
+
+
+def test_auto_t_start_needs_the_late_start_grid():
+  from configs.ddpm import cifar10
+  config = cifar10.get_config()
+  config.sampling.init, config.sampling.t_start, config.sampling.grid = 'gls', 'auto', 'uniform'
+  with pytest.raises(ConfigError, match='needs sampling.grid=late_start'):
+    validate_config(config)
+  config.sampling.grid = 'late_start'
+  validate_config(config)
+  config.eval.t_starts, config.eval.grid = ('auto', 400), 'quad'
+  with pytest.raises(ConfigError, match="'auto' needs eval.grid=late_start"):
+    validate_config(config)
+  config.eval.grid, config.sampling.gls_rank = 'late_start', 16
+  with pytest.raises(ConfigError, match="'auto' needs the full-covariance late start"):
     validate_config(config)
 
 
