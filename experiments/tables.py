@@ -29,6 +29,17 @@ def is_auto(record):
   return record.get('tc_rule') == 'auto'
 
 
+def is_sweep_gls(record):
+  """A gls cell of the t_c grid (not the auto rule's)."""
+  return record['init'] == 'gls' and not is_auto(record)
+
+
+def kid_gap(a, b):
+  """(KID a - KID b) over the root sum of squares of their standard errors; nan when both are 0."""
+  se = (a['kid_std'] ** 2 + b['kid_std'] ** 2) ** 0.5
+  return (a['kid'] - b['kid']) / se if se > 0 else float('nan')
+
+
 def columns(cells):
   """[(method, init)] of the table, gls before vanilla, for the methods in ``cells`` in samplers.SAMPLERS order
   (the paper's Table 1 has DDPM, DDIM, PNDM; the modern solvers follow)."""
@@ -61,7 +72,7 @@ def write_tables(config, cells, outdir, floor=None):
     md_rows.append(row)
   counts = sorted({r['num_samples'] for r in cells})
   steps = sorted({r.get('checkpoint_step', -1) for r in cells})
-  t_cs = sorted({r['t_start'] for r in cells if r['init'] == 'gls' and not is_auto(r)})
+  t_cs = sorted({r['t_start'] for r in cells if is_sweep_gls(r)})
   note = (f'\nFID against the training-split statistics, {counts} samples per cell, checkpoint step {steps}; grid '
           f'"{cells[0]["grid"]}" (samplers/grids.py); vanilla = N(0, I) at t_c=T-1; gls = Gaussian late start, best '
           f't_c of {t_cs}. NFE = network calls. KID (with its standard error over subsets): results_all.csv.\n')
@@ -86,7 +97,7 @@ def plot_fid_vs_tc(config, cells, outdir):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for i, n in enumerate(sorted({r['num_steps'] for r in cells if r['method'] == method})):
       mine = [r for r in cells if r['method'] == method and r['num_steps'] == n]
-      gls = sorted((r['t_start'], r['fid']) for r in mine if r['init'] == 'gls' and not is_auto(r))
+      gls = sorted((r['t_start'], r['fid']) for r in mine if is_sweep_gls(r))
       if gls:
         ax.plot(*zip(*gls), 'o-', color=f'C{i}', label=f'gls, n={n}')
       for r in filter(is_auto, mine):
@@ -135,13 +146,12 @@ def auto_rows(cells):
       continue
     best, worst = min(sweep, key=lambda r: r['kid']), max(sweep, key=lambda r: r['kid'])
     vanilla = next((r for r in mine if r['init'] == 'normal'), {})
-    se = (a['kid_std'] ** 2 + best['kid_std'] ** 2) ** 0.5
     auto_s = a['seconds']  # sampling and scoring the cell, and the choice (the network part in the first cell only)
     sweep_s = sum(r['seconds'] for r in sweep)
     rows.append(dict(method=a['method'], n=a['num_steps'], auto_t_c=a['t_start'], auto_fid=a['fid'],
                      auto_kid=a['kid'], auto_kid_std=a['kid_std'], best_t_c=best['t_start'], best_fid=best['fid'],
                      best_kid=best['kid'], best_kid_std=best['kid_std'],
-                     kid_gap_se=(a['kid'] - best['kid']) / se if se > 0 else float('nan'),
+                     kid_gap_se=kid_gap(a, best),
                      worst_t_c=worst['t_start'], worst_fid=worst['fid'], worst_kid=worst['kid'],
                      vanilla_fid=vanilla.get('fid', float('nan')), vanilla_kid=vanilla.get('kid', float('nan')),
                      auto_seconds=auto_s, sweep_seconds=sweep_s, cost_ratio=auto_s / sweep_s if sweep_s else float('nan'),
@@ -164,7 +174,7 @@ def write_auto_table(config, cells, outdir):
          f"{r['auto_seconds']:.0f} s / {r['sweep_seconds']:.0f} s = {r['cost_ratio']:.2f}"] for r in rows]
   within = sum(r['kid_gap_se'] <= 2 for r in rows)
   cheap = sum(r['cost_ratio'] <= 1 / 3 for r in rows)
-  t_cs = sorted({r['t_start'] for r in cells if r['init'] == 'gls' and not is_auto(r)})
+  t_cs = sorted({r['t_start'] for r in cells if is_sweep_gls(r)})
   calls = sum(r['choice_network_calls'] for r in rows)
   note = (f'\n{config.data.dataset}: auto t_c (samplers/auto_tc.py) against the sweep over t_c in {t_cs}; best and '
           'worst by KID. gap = (KID auto - KID best) / combined standard error. Cost: the auto cell (choice + '
@@ -190,10 +200,9 @@ def write_gain_table(config, cells, outdir):
       g, v = best.get((method, n, 'gls')), best.get((method, n, 'normal'))
       if g is None or v is None:
         continue
-      se = (g['kid_std'] ** 2 + v['kid_std'] ** 2) ** 0.5
       rows.append([COLUMN_NAMES[method], str(n), f"{v['fid']:.2f}", f"{v['kid']:.4f} +- {v['kid_std']:.4f}",
                    f"{g['fid']:.2f} (t_c={g['t_start']})", f"{g['kid']:.4f} +- {g['kid_std']:.4f}",
-                   f"{(v['kid'] - g['kid']) / se:.1f}" if se > 0 else 'nan', f"{100 * (g['fid'] / v['fid'] - 1):+.0f}%"])
+                   f"{kid_gap(v, g):.1f}", f"{100 * (g['fid'] / v['fid'] - 1):+.0f}%"])
   if not rows:
     return ''
   header = ['sampler', 'n', 'vanilla FID', 'vanilla KID', 'best gls FID', 'gls KID', 'KID gap (SE)', 'FID change']
