@@ -1,7 +1,8 @@
 """The MNIST training-recipe study: sample quality against training steps, per recipe (BENCHMARKS.md, "MNIST recipes").
 
   python benchmarks/mnist_recipe_study.py [--recipes A_lr1e-3_bs64,...] [--root workdirs/study] [--num_samples 1000]
-      [--n_iters 20000] [--ddpm_full_at 12000] [--steps 2000,6000] [--fp32_at 4000] [--eval_only] [--smoke]
+      [--n_iters 20000] [--ddpm_full_at 12000] [--steps 2000,6000] [--fp32_at 4000] [--cells ddim:100,ddim:10,ddpm:10]
+      [--eval_only] [--smoke]
 
 For each recipe (RECIPES: overrides of configs/ddpm/mnist5k.py) it trains in ROOT/<recipe> (run_lib.train, resumable:
 run the same command again after a stop), then scores the EMA weights of every snapshot checkpoint with
@@ -116,7 +117,7 @@ def run_recipe(name, root, rows, args):
   fp32_at = {int(v) for v in args.fp32_at} if args.fp32_at else {s_ for s_, _ in snapshots[-1:]}
   for step, path in snapshots:
     index = int(os.path.basename(path)[len('checkpoint_'):-len('.pth')])
-    cells = [(m, n, precision) for m, n in (SMOKE_CELLS if args.smoke else CELLS)]
+    cells = [(m, n, precision) for m, n in (SMOKE_CELLS if args.smoke else args.cells)]
     cells += [('ddpm', config.model.num_scales, precision)] if step in full_at else []
     if step in fp32_at and precision != 'fp32':
       cells += [('ddim', 10, 'fp32'), ('ddpm', 10, 'fp32')]
@@ -176,12 +177,16 @@ def main():
   parser.add_argument('--n_iters', type=int, default=0,
                       help='train to this step instead of the recipe\'s (30,000, about 3 h here); a later run with a '
                            'larger value continues from the last checkpoint')
+  parser.add_argument('--cells', default=','.join(f'{m}:{n}' for m, n in CELLS),
+                      help='comma-separated sampler:n cells scored at every checkpoint (e.g. ddim:10,ddpm:10 to '
+                           'follow the n = 10 order cheaply)')
   parser.add_argument('--eval_only', action='store_true', help='score the checkpoints there, train no further')
   parser.add_argument('--smoke', action='store_true', help='a tiny digits model, 8 samples (a run check)')
   args = parser.parse_args()
   args.ddpm_full_at = [s for s in args.ddpm_full_at.split(',') if s]
   args.steps = [s for s in args.steps.split(',') if s]
   args.fp32_at = [s for s in args.fp32_at.split(',') if s]
+  args.cells = parse_cells(parser, args.cells)
   names = ['smoke'] if args.smoke else [r for r in args.recipes.split(',') if r]
   unknown = [r for r in names if r not in RECIPES and not args.smoke]
   if unknown:
@@ -192,6 +197,16 @@ def main():
       study(names, args)
     return
   study(names, args)
+
+
+def parse_cells(parser, text):
+  cells = []
+  for item in (c for c in text.split(',') if c):
+    method, _, n = item.partition(':')
+    if method not in ('ddim', 'ddpm') or not n.isdigit() or int(n) < 1:
+      parser.error(f'--cells: {item!r} is not sampler:n with sampler ddim or ddpm and n >= 1')
+    cells.append((method, int(n)))
+  return cells
 
 
 def study(names, args):

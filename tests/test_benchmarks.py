@@ -17,6 +17,7 @@ BENCH = os.path.join(ROOT, 'benchmarks')
 
 # script -> (needs diffusers, a line the smoke output must contain or None)
 SMOKE = {
+    'auto_tc_variants.py': (False, 'within 2 SE / scored / cells: kl '),
     'bench_fast_paths.py': (False, None),
     'bench_fid.py': (False, None),
     'bench_gls_fit.py': (False, None),
@@ -68,3 +69,14 @@ def test_recipe_study_tables_resume_from_their_csv(tmp_path):
   rows = study.load_rows(str(tmp_path))
   study.save(str(tmp_path), rows)
   assert '| floor | 0 | real | 0 | 0 | - | 8 | 8.0600 |' in (tmp_path / 'study.md').read_text()
+
+
+def test_recipe_study_cells_parse_and_refuse_unknown_samplers():
+  sys.path.insert(0, BENCH)
+  import argparse
+  import mnist_recipe_study as study
+  parser = argparse.ArgumentParser()
+  assert study.parse_cells(parser, 'ddim:10,ddpm:1000') == [('ddim', 10), ('ddpm', 1000)]
+  for bad in ('pndm:10', 'ddim:0', 'ddim'):
+    with pytest.raises(SystemExit):
+      study.parse_cells(parser, bad)
