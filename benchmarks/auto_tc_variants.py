@@ -6,7 +6,7 @@
 The shipped rule (samplers/auto_tc.py) is the sum of two KL estimates: the late start's, from E||eps_theta -
 eps_G||^2 on noised training images, and the sampler's, exact on the fitted Gaussian. KL is scale-free per
 eigendirection; FID is not. The variants printed here change one thing each (choices only, nothing is sampled):
-  * kl: the shipped rule (sampling.choose_t_start, the same code);
+  * kl: the shipped rule (auto_tc.late_start_kl + auto_tc.solver_kl; the late start's KL summed per direction);
   * mse: the late start's rate from denoising errors, max(0, E||eps - eps_G||^2 - E||eps - eps_theta||^2), i.e.
     only where the network denoises better than the Gaussian (a network worse than the Gaussian at high noise then
     costs the late start nothing);
@@ -37,9 +37,10 @@ import sde_lib  # noqa: E402
 from samplers import auto_tc, get_sampler  # noqa: E402
 
 
-def per_direction_rates(config, schedule, eps_fn, fit, num_images):
-  """{t: (gap (D,), mse_diff (D,))}: per eigendirection, beta_t / (2 (1 - alpha_bar_t)) times E (v.(eps_theta -
-  eps_G))^2 and times E (v.(eps - eps_G))^2 - E (v.(eps - eps_theta))^2, on num_images noised training images."""
+def per_direction_gaps(config, schedule, eps_fn, fit, num_images):
+  """{t: (gap (D,), mse_diff (D,))}: per eigendirection v, E (v.(eps_theta - eps_G))^2 and E (v.(eps - eps_G))^2 -
+  E (v.(eps - eps_theta))^2 on num_images noised training images (auto_tc.eps_gap's images and noise, per
+  direction; its gap is the sum of the first)."""
   _, _, vecs = auto_tc._fit(fit)
   x0 = next(iter(datasets.model_batches(config, batch_size=num_images, progress=False)))
   z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(rng.sample_seed(config.seed, 0)),
@@ -48,42 +49,10 @@ def per_direction_rates(config, schedule, eps_fn, fit, num_images):
   for t in auto_tc.candidates(config.model.num_scales, 1, config.sampling.auto_tc_stride):
     a = float(schedule.alpha_bar(t))
     x_t = (math.sqrt(a) * x0.double() + math.sqrt(1 - a) * z).float()
-    with torch.no_grad():
-      e = eps_fn(x_t, float(t)).reshape(len(x0), -1).double() @ vecs
+    e = eps_fn(x_t, float(t)).reshape(len(x0), -1).double() @ vecs
     g, zz = auto_tc.gaussian_eps(fit, schedule, x_t, t) @ vecs, z.reshape(len(x0), -1) @ vecs
-    w = float(schedule.beta_at(t)) / (2 * (1 - a))
-    out[t] = (w * ((e - g) ** 2).mean(0), w * (((zz - g) ** 2).mean(0) - ((zz - e) ** 2).mean(0)))
+    out[t] = (((e - g) ** 2).mean(0), ((zz - g) ** 2).mean(0) - ((zz - e) ** 2).mean(0))
   return out
-
-
-def cumulative(rates):
-  """{t_c: sum over t >= t_c} by the trapezoid rule (as auto_tc.late_start_kl), rates {t: (D,)}."""
-  ts = sorted(rates)
-  out, total = {ts[-1]: torch.zeros_like(rates[ts[-1]])}, torch.zeros_like(rates[ts[-1]])
-  for lo, hi in zip(ts[-2::-1], ts[:0:-1]):
-    total = total + 0.5 * (rates[lo] + rates[hi]) * (hi - lo)
-    out[lo] = total
-  return out
-
-
-def smoothed_solver_kl(sampler, options, schedule, fit, timesteps, vanilla, phi):
-  """auto_tc.solver_kl with N(0, phi I) added to both outputs (phi = 0: the same value)."""
-  mean, lam, vecs = auto_tc._fit(fit)
-  lam, m = lam.clamp(min=auto_tc.noise_floor(schedule)), vecs.T @ mean
-
-  def eps_fn(x, t):
-    a = float(schedule.alpha_bar(float(t)))
-    return math.sqrt(1 - a) * (x - math.sqrt(a) * m) / (a * lam + 1 - a)
-
-  ends = sampler(eps_fn, schedule, torch.stack([torch.zeros_like(m), torch.ones_like(m)]), timesteps, **options)
-  gain, offset = ends[1] - ends[0], ends[0]
-  a = float(schedule.alpha_bar(int(timesteps[0])))
-  start_mean, start_var = (0.0, 1.0) if vanilla else (math.sqrt(a) * m, a * lam + 1 - a)
-  out_mean, out_var = gain * start_mean + offset, gain ** 2 * start_var + phi
-  a0 = float(schedule.alpha_bar(0))
-  exact_var = a0 * lam ** 2 / (a0 * lam + 1 - a0) + phi
-  return float((0.5 * (out_var / exact_var + (out_mean - m) ** 2 / exact_var - 1
-                       + torch.log(exact_var / out_var))).sum())
 
 
 def choices(config, schedule, eps_fn, method, n, fit, late, phis):
@@ -96,12 +65,12 @@ def choices(config, schedule, eps_fn, method, n, fit, late, phis):
   for t in auto_tc.candidates(T, n, s.auto_tc_stride):
     grid = sampling.check_plan(config, proxy, n, 'normal' if t == T - 1 else 'gls', t, None,
                                options=options).timesteps
-    kl = smoothed_solver_kl(sampler, options, schedule, fit, grid, t == T - 1, 0.0)
+    kl = auto_tc.solver_kl(sampler, options, schedule, fit, grid, t == T - 1)
     totals['kl'][t] = float(late['gap'][t].sum()) + kl
     totals['mse'][t] = float(late['mse'][t].sum()) + kl
     for phi in phis:
       totals[f'smooth({phi:g})'][t] = (float((late['gap'][t] * lam / (lam + phi)).sum())
-                                       + smoothed_solver_kl(sampler, options, schedule, fit, grid, t == T - 1, phi))
+                                       + auto_tc.solver_kl(sampler, options, schedule, fit, grid, t == T - 1, phi))
   return {k: auto_tc.choose(v) for k, v in totals.items()}
 
 
@@ -121,9 +90,9 @@ def run(config, workdir, num_steps, phis, num_images):
   schedule = sde_lib.DDPMSchedule.from_config(config)
   eps_fn, step = sampling.load_eps_fn(config, workdir, 'cpu')
   fit = sampling.build_initialiser(config, schedule, config.model.num_scales - 1, 'gls', None, {})
-  rates = per_direction_rates(config, schedule, eps_fn, fit, num_images)
-  late = {'gap': cumulative({t: g for t, (g, _) in rates.items()}),
-          'mse': cumulative({t: d.sum().clamp(min=0).expand(1) for t, (_, d) in rates.items()})}
+  gaps = per_direction_gaps(config, schedule, eps_fn, fit, num_images)
+  late = {'gap': auto_tc.late_start_kl(schedule, {t: g for t, (g, _) in gaps.items()}),
+          'mse': auto_tc.late_start_kl(schedule, {t: d.sum().clamp(min=0) for t, (_, d) in gaps.items()})}
   print(f'{config.data.dataset}, checkpoint step {step}, {num_images} images; KID gap to the sweep\'s best in SE\n')
   names = None
   hits = {}

@@ -75,12 +75,13 @@ def eps_gap(eps_fn, late_start, schedule, x0, times, generator):
 
 def late_start_kl(schedule, gaps):
   """{t_c: KL(p_tc || G_tc)} from eps_gap's {t: gap}: the trapezoid sum of beta_t / (2 (1 - alpha_bar_t)) gap(t)
-  over the steps from t_c to the largest t (module doc); 0 at the largest t."""
+  over the steps from t_c to the largest t (module doc); 0 at the largest t. A gap may also be a tensor (e.g. one
+  value per eigendirection, benchmarks/auto_tc_variants.py); the sums then have its shape."""
   ts = sorted(gaps)
   rate = [float(schedule.beta_at(t)) / (2 * (1 - float(schedule.alpha_bar(t)))) * gaps[t] for t in ts]
-  out, total = {ts[-1]: 0.0}, 0.0
+  out, total = {ts[-1]: 0.0 * rate[-1]}, 0.0 * rate[-1]
   for i in range(len(ts) - 2, -1, -1):
-    total += 0.5 * (rate[i] + rate[i + 1]) * (ts[i + 1] - ts[i])
+    total = total + 0.5 * (rate[i] + rate[i + 1]) * (ts[i + 1] - ts[i])  # a new object: out keeps each sum
     out[ts[i]] = total
   return out
 
@@ -91,12 +92,14 @@ def noise_floor(schedule):
   return (1 - a0) / a0
 
 
-def solver_kl(sampler, options, schedule, late_start, timesteps, vanilla):
+def solver_kl(sampler, options, schedule, late_start, timesteps, vanilla, phi=0.0):
   """KL(sampler output || exact output) on the fitted Gaussian, summed over its eigendirections (module doc).
 
   The sampler runs from N(0, I) (vanilla) or from the late start at timesteps[0], over ``timesteps``. Variances
   below ``noise_floor`` are lifted to it (no sampler resolves them, and their KL would diverge). The exact output is
   the last step's x0-prediction from the exact x_0 state: mean m, variance a0 lam^2 / (a0 lam + 1 - a0).
+  phi > 0 compares both after adding N(0, phi I), which removes what directions of variance << phi contribute
+  (benchmarks/auto_tc_variants.py; the rule uses 0).
   """
   mean, lam, vecs = _fit(late_start)
   lam, m = lam.clamp(min=noise_floor(schedule)), vecs.T @ mean  # in the eigenbasis
@@ -110,9 +113,9 @@ def solver_kl(sampler, options, schedule, late_start, timesteps, vanilla):
   a = float(schedule.alpha_bar(int(timesteps[0])))
   start_mean, start_var = (torch.zeros_like(m), torch.ones_like(m)) if vanilla else (math.sqrt(a) * m,
                                                                                       a * lam + 1 - a)
-  out_mean, out_var = gain * start_mean + offset, gain ** 2 * start_var
+  out_mean, out_var = gain * start_mean + offset, gain ** 2 * start_var + phi
   a0 = float(schedule.alpha_bar(0))
-  exact_var = a0 * lam ** 2 / (a0 * lam + 1 - a0)
+  exact_var = a0 * lam ** 2 / (a0 * lam + 1 - a0) + phi
   kl = 0.5 * (out_var / exact_var + (out_mean - m) ** 2 / exact_var - 1 + torch.log(exact_var / out_var))
   return float(kl.sum())
 

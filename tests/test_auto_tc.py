@@ -123,6 +123,27 @@ def test_solver_kl_equals_the_kl_of_the_sampler_run_on_many_gaussian_draws(metho
   assert kl > 0.1 and kl == pytest.approx(empirical, rel=0.05, abs=0.01), (kl, empirical)
 
 
+def test_the_late_start_kl_of_per_direction_gaps_sums_to_the_kl_of_their_totals():
+  """Tensor gaps (one per direction) give per-direction KLs, each t_c its own sum, adding up to the scalar rule's."""
+  gen = torch.Generator().manual_seed(0)
+  gaps = {t: torch.rand(3, generator=gen, dtype=torch.float64) for t in (100, 300, 600, 999)}
+  per_direction = auto_tc.late_start_kl(SCHEDULE, gaps)
+  total = auto_tc.late_start_kl(SCHEDULE, {t: float(g.sum()) for t, g in gaps.items()})
+  assert total[999] == 0 and total[100] > total[300] > total[600] > 0
+  for t in gaps:
+    assert float(per_direction[t].sum()) == pytest.approx(total[t], rel=1e-12)
+
+
+def test_solver_kl_with_smoothing_is_smaller_and_zero_smoothing_is_the_rule():
+  from samplers import get_sampler, grids
+  mean, cov = _random_gaussian(3, dim=16, scale=2, ridge=0.2)
+  fit = _late_start(mean, cov, shape=(1, 4, 4))
+  timesteps = grids.make_grid('late_start', 3, 999, 1000)
+  rule = auto_tc.solver_kl(get_sampler('ddim'), {}, SCHEDULE, fit, timesteps, vanilla=True)
+  assert auto_tc.solver_kl(get_sampler('ddim'), {}, SCHEDULE, fit, timesteps, vanilla=True, phi=0.0) == rule
+  assert 0 < auto_tc.solver_kl(get_sampler('ddim'), {}, SCHEDULE, fit, timesteps, vanilla=True, phi=1.0) < rule
+
+
 def _config(tiny_config, samples=64, stride=100):
   tiny_config.sampling.auto_tc_samples = samples
   tiny_config.sampling.auto_tc_stride = stride
