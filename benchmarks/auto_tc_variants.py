@@ -18,7 +18,6 @@ for each variant, the chosen t_c with its FID and KID gap to the best in standar
 cell at that t_c). --smoke: a 2-step tiny digits model in a temporary folder, choices only (a run check).
 """
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -34,6 +33,7 @@ import rng  # noqa: E402
 import run_lib  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
+from configs.validation import load_config_file  # noqa: E402
 from samplers import auto_tc, get_sampler  # noqa: E402
 
 
@@ -117,13 +117,6 @@ def run(config, workdir, num_steps, phis, num_images):
       for k, v in hits.items()))
 
 
-def load_config(path):
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', default='configs/ddpm/digits.py', help='the config file of the sweep')
@@ -146,7 +139,7 @@ def main():
       run_lib.train(config, os.path.join(tmp, 'run'))
       run(config, os.path.join(tmp, 'run'), (3,), phis[:1], 8)
     return
-  config = load_config(args.config)
+  config = load_config_file(args.config)
   num_steps = [int(n) for n in args.num_steps.split(',') if n] or list(config.eval.num_steps)
   run(config, args.workdir, num_steps, phis, args.samples or int(config.sampling.auto_tc_samples))
 

@@ -8,7 +8,6 @@ reports the wall time of the steps after the first 20 (warm-up excluded). --smok
 warm-up, only to show the script runs (tests/test_benchmarks.py).
 """
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -20,13 +19,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 sys.path.insert(0, ROOT)
 
 import run_lib  # noqa: E402
-
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs.validation import load_config_file  # noqa: E402
 
 
 def timed_train(config, steps, workdir):
@@ -47,14 +40,14 @@ def main():
   warm_steps = 2 if args.smoke else 20
   if args.smoke:
     args.steps = 3
-  config = load_config(args.config)
+  config = load_config_file(args.config)
   with tempfile.TemporaryDirectory() as tmp:
-    warm = timed_train(load_config(args.config), warm_steps, os.path.join(tmp, 'warm'))
+    warm = timed_train(load_config_file(args.config), warm_steps, os.path.join(tmp, 'warm'))
     total = timed_train(config, args.steps + warm_steps, os.path.join(tmp, 'run'))
   per_step = (total - warm) / args.steps
   print(f'torch {torch.__version__}, threads {torch.get_num_threads()}, config {args.config}, '
         f'batch {config.training.batch_size}')
-  n_iters = load_config(args.config).training.n_iters
+  n_iters = load_config_file(args.config).training.n_iters
   print(f'{args.steps} steps after a {warm_steps}-step warm-up: {per_step * 1000:.1f} ms/step, '
         f'{1 / per_step:.2f} steps/s (n_iters={n_iters} would take {n_iters * per_step:.0f} s)')
 

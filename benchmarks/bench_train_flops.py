@@ -13,7 +13,6 @@ printed first: bf16 is fast only where the CPU has AVX512_BF16 or AMX (models.ut
 --smoke: toy sizes, 2 repeats (a run check).
 """
 import argparse
-import importlib.util
 import os
 import platform
 import statistics
@@ -28,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import losses  # noqa: E402
 import run_lib  # noqa: E402
 import sde_lib  # noqa: E402
+from configs.validation import load_config_file  # noqa: E402
 from models import utils as mutils  # noqa: E402
 
 
@@ -41,13 +41,6 @@ def cpu_line():
   flags = sorted({f for f in ('avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile') if f in out.split()})
   return (f'CPU {model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, flags {flags}; '
           f'native bf16 (models.utils.native_bf16): {mutils.native_bf16("cpu")}')
-
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location('bench_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def step_flops(config, batch):
@@ -84,7 +77,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--smoke', action='store_true')
   args = parser.parse_args()
-  config = load_config(args.config)
+  config = load_config_file(args.config)
   size, repeats = (256, 2) if args.smoke else (2048, args.repeats)
   if args.smoke:
     config.training.batch_size, config.model.nf, config.model.ch_mult = 4, 16, (1, 2)
