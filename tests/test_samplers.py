@@ -7,6 +7,7 @@ import torch
 
 import rng
 import samplers
+from analysis import gaussian
 from samplers import grids
 from samplers.ddim import ddim_coefficients
 from samplers.initialisers import GaussianLateStart
@@ -344,3 +345,96 @@ def test_plms_euler_keeps_euler_start(n):
   torch.testing.assert_close(traj['x'][2] if n > 2 else out, second, rtol=0, atol=1e-12)
 
 
+# ----------------------------------------------------------------------------- F-PNDM vs diffusers and the paper
+def _paper_alpha_bar(t):
+  """alpha_bar at a real t in [-1, 999], built here without sde_lib: [1, cumprod(1 - beta)] at index t + 1
+  (alpha_bar(-1) = 1), log alpha_bar linear between the integer neighbours (docs/schedule.md)."""
+  log_ab = np.concatenate([[0.0], np.cumsum(np.log1p(-np.linspace(1e-4, 0.02, 1000)))])
+  return float(np.exp(np.interp(t + 1.0, np.arange(1001), log_ab)))
+
+
+def _paper_transfer(x, t, t_next, e):
+  """PNDM Eq. 9 in the paper's form; x, e (B, D), returns (B, D):
+  x + (a' - a) [x / (sqrt(a) (sqrt(a) + sqrt(a'))) - e / (sqrt(a) (sqrt((1 - a') a) + sqrt((1 - a) a')))]."""
+  a, a2 = _paper_alpha_bar(t), _paper_alpha_bar(t_next)
+  ra, ra2 = math.sqrt(a), math.sqrt(a2)
+  return x + (a2 - a) * (x / (ra * (ra + ra2)) - e / (ra * (math.sqrt((1 - a2) * a) + math.sqrt((1 - a) * a2))))
+
+
+def _paper_prk(model, x, t, t_next, ets):
+  """PNDM Eq. 13 (pseudo Runge-Kutta) with the midpoint t - delta/2; appends e1 to ets; returns e' (B, D)."""
+  t_mid = (t + t_next) / 2
+  e1 = model(x, t)
+  ets.append(e1)
+  e2 = model(_paper_transfer(x, t, t_mid, e1), t_mid)
+  e3 = model(_paper_transfer(x, t, t_mid, e2), t_mid)
+  e4 = model(_paper_transfer(x, t, t_next, e3), t_next)
+  return (e1 + 2 * e2 + 2 * e3 + e4) / 6
+
+
+def _paper_fpndm(eps_fn, x, grid):
+  """F-PNDM transcribed from the paper (as the authors' gen_order_4): PRK (Eq. 13) for the first 3 steps, then the
+  pseudo linear multistep (Eq. 12), every step x <- Eq. 9; grid descending, the last step to t = -1.
+  x (B, D) -> (B, D). The network sees max(t, 0) (this repo's rule for the midpoint -0.5 and t = -1)."""
+  def model(y, t):
+    return eps_fn(y, max(float(t), 0.0))
+  ets = []
+  for t, t_next in zip(grid, list(grid[1:]) + [-1]):
+    if len(ets) > 2:
+      ets.append(model(x, t))
+      e = (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
+    else:
+      e = _paper_prk(model, x, t, t_next, ets)
+    x = _paper_transfer(x, t, t_next, e)
+  return x
+
+
+def _fpndm_fixture(fixtures_dir):
+  """Diffusers' PNDMScheduler(skip_prk_steps=False) outputs (tests/fixtures/make_fpndm_fixture.py)."""
+  with np.load(f'{fixtures_dir}/fpndm_diffusers.npz', allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+def test_fpndm_matches_diffusers_on_uniform_grid(fixtures_dir):
+  """variant='f-pndm' (the default) equals diffusers' PRK + PLMS loop on its 'leading' grid = our uniform grid, n = 5,
+  10, 20 (even gaps, so diffusers' integer midpoint is (t + t')/2), in float64 with the same eps call times; so does
+  the paper transcription _paper_fpndm, which the late-start test below then relies on."""
+  data = _fpndm_fixture(fixtures_dir)
+  assert np.max(np.abs(SCHED.alpha_bar(torch.arange(1000)).numpy() - data['alphas_cumprod'])) < 1e-12
+  mu, s, x_init = (torch.tensor(data[k]) for k in ('mu', 's', 'x_init'))
+  ns = []
+  for i in range(int(data['num_cases'])):
+    seq, ref = data[f'grid_{i}'].tolist(), torch.tensor(data[f'out_{i}'])
+    n = len(seq)
+    assert tuple(seq) == grids.uniform_grid(n)
+    counter = _Counter(_diag_gaussian_eps_fn(mu, s))
+    out = samplers.pndm(counter, SCHED, x_init, seq)  # the default variant
+    diff = float(torch.max(torch.abs(out - ref)))
+    assert diff < 1e-9, f'n = {n}: max abs diff {diff}'
+    assert counter.times == data[f'times_{i}'].tolist(), f'n = {n}'
+    assert counter.calls == samplers.nfe('pndm', n) == n + 9
+    paper = _paper_fpndm(_diag_gaussian_eps_fn(mu, s), x_init, seq)
+    assert float(torch.max(torch.abs(paper - ref))) < 1e-9, f'n = {n}: the transcription differs'
+    ns.append(n)
+  assert ns == [5, 10, 20]
+
+
+@pytest.mark.parametrize('t_start,n', [(400, 3), (400, 5), (600, 10), (250, 20)])
+def test_fpndm_late_start_matches_paper(t_start, n):
+  """On late-start grids (unequal gaps, fractional midpoints, and at n = 3 the PRK step 0 -> -1 with midpoint -0.5),
+  where diffusers cannot go, f-pndm equals the transcription of the paper's equations to float64 round-off."""
+  mu, sigma = _gaussian(D, seed=4)
+  eps_fn, _ = gaussian_eps_fn(mu, sigma)
+  seq = grids.late_start_grid(t_start, n)
+  x = _start(8, D, seed=6)
+  out = samplers.pndm(eps_fn, SCHED, x, seq, variant='f-pndm')
+  torch.testing.assert_close(out, _paper_fpndm(eps_fn, x, seq), rtol=0, atol=1e-10)
+
+
+def test_fpndm_second_order_on_equal_steps():
+  """Against the exact ODE of Gaussian data on equal integer steps (n - 1 divides 350; bench_solver_order.py (a)) the
+  error of f-pndm falls as n^-2, the second order the PNDM paper states for its pseudo methods. A midpoint off (t + t')/2 drops it to 1."""
+  ns = (36, 71, 176)
+  errs = [gaussian.ode_error(samplers.pndm, SCHED, n, variant='f-pndm') for n in ns]
+  slope = -np.polyfit(np.log(ns), np.log(errs), 1)[0]
+  assert abs(slope - 2) < 0.35, f'errors {errs}, measured order {slope:.2f}'
