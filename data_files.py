@@ -27,12 +27,12 @@ class DataError(InputError):
 
 
 class DatasetNotFoundError(DataError, FileNotFoundError):
-  """A real data set's files are not where config.data.root says."""
+  """A real data set's files are not where config.data.root says; ``files`` are the missing ones."""
 
   def __init__(self, dataset, folder, files, how):
     folder = os.path.abspath(folder)
     super().__init__(
-        f'{dataset} not found: expected {", ".join(files)} in {folder}. Nothing is downloaded at run '
+        f'{dataset} not found: {", ".join(files)} missing in {folder}. Nothing is downloaded at run '
         f'time: {how}, then set config.data.root (e.g. --config.data.root=/path/to/{dataset.lower()}).')
     self.dataset, self.folder, self.files = dataset, folder, list(files)
 
@@ -53,10 +53,12 @@ class ArrayDataset(Dataset):
     return x, torch.tensor(self.labels[i], dtype=torch.int64)
 
 
-def _require(dataset, folder, files, how):
-  """Raise DatasetNotFoundError unless every file exists in folder."""
-  if not all(os.path.isfile(os.path.join(folder, f)) for f in files):
-    raise DatasetNotFoundError(dataset, folder, files, how)
+def _require(dataset, folder, files, how, every=None, exists=os.path.isfile):
+  """Raise DatasetNotFoundError unless every file of ``files`` exists in folder. The error lists every missing
+  file of ``every`` (all the data set's splits; default ``files``), so one download fixes all of them."""
+  if not all(exists(os.path.join(folder, f)) for f in files):
+    missing = [f for f in (every or files) if not exists(os.path.join(folder, f))]
+    raise DatasetNotFoundError(dataset, folder, missing, how)
 
 
 def _corrupt(path, err, how):
@@ -87,15 +89,23 @@ def _read_idx(path, ndim):
   return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
+_MNIST_FILES = {split: [f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte']
+                for split, prefix in (('train', 'train'), ('test', 't10k'))}
+
+
+def _idx_path(folder, name):
+  """folder/name, or folder/name.gz when only the gzipped file (as downloaded) is there."""
+  path = os.path.join(folder, name)
+  return path + '.gz' if not os.path.isfile(path) and os.path.isfile(path + '.gz') else path
+
+
 def read_mnist(root, split):
   """The split's two idx files (``name`` or ``name.gz``) under root/MNIST/raw -> uint8 (N, 1, 28, 28)."""
   folder = os.path.join(root, 'MNIST', 'raw')
-  prefix = 'train' if split == 'train' else 't10k'
-  names = [f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte']
-  paths = [os.path.join(folder, n) for n in names]
-  paths = [p + '.gz' if not os.path.isfile(p) and os.path.isfile(p + '.gz') else p for p in paths]
-  if not all(os.path.isfile(p) for p in paths):
-    raise DatasetNotFoundError('MNIST', folder, names, _MNIST_HOW)
+  names = _MNIST_FILES['train' if split == 'train' else 'test']
+  _require('MNIST', folder, names, _MNIST_HOW, every=_MNIST_FILES['train'] + _MNIST_FILES['test'],
+           exists=lambda p: os.path.isfile(p) or os.path.isfile(p + '.gz'))
+  paths = [_idx_path(folder, n) for n in names]
   images, labels = _read_idx(paths[0], 3), _read_idx(paths[1], 1)
   if images.shape[1:] != (28, 28) or len(images) != len(labels):
     raise _corrupt(paths[0], ValueError(f'images {images.shape} with {len(labels)} labels in {paths[1]}'),
@@ -120,8 +130,9 @@ def read_cifar10(root, split):
 
   Read directly: torchvision's class checks md5 sums, which would reject a partial copy."""
   folder = os.path.join(root, 'cifar-10-batches-py')
-  names = [f'data_batch_{i}' for i in range(1, 6)] if split == 'train' else ['test_batch']
-  _require('CIFAR10', folder, names + ['batches.meta'], _CIFAR_HOW)
+  train = [f'data_batch_{i}' for i in range(1, 6)]
+  names = train if split == 'train' else ['test_batch']
+  _require('CIFAR10', folder, names + ['batches.meta'], _CIFAR_HOW, every=train + ['test_batch', 'batches.meta'])
   images, labels = [], []
   for name in names:
     path = os.path.join(folder, name)
@@ -281,8 +292,9 @@ class _NpzImages:
 
 def read_imagenet64(root, split):
   """Downsampled ImageNet 64x64 npz batches; labels are stored 1-based (docs/data.md)."""
-  names = [f'train_data_batch_{i}.npz' for i in range(1, 11)] if split == 'train' else ['val_data.npz']
-  _require('IMAGENET64', root, names, _IMAGENET_HOW)
+  train = [f'train_data_batch_{i}.npz' for i in range(1, 11)]
+  names = train if split == 'train' else ['val_data.npz']
+  _require('IMAGENET64', root, names, _IMAGENET_HOW, every=train + ['val_data.npz'])
   paths = [os.path.join(root, n) for n in names]
   labels = []
   for p in paths:

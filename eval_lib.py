@@ -12,7 +12,6 @@ results_auto.{md,csv} (the auto t_c against the sweep, when eval.t_starts holds 
 fid_vs_tc_{method}.png, grid_{method}_n{n}.png, samples/{cell}.npz.
 """
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -27,10 +26,14 @@ import evaluation
 import io_util
 import run_lib
 import sampling
+from models import checkpoints
+import late_start
+import sample_lib
 import sde_lib
 import workdir as wd
 from experiments import tables
 from models import diffusers_io
+from models import utils as mutils
 from moments import RunningMoments
 
 
@@ -69,39 +72,27 @@ def fid_stats(config, workdir=None):
                           fingerprint=datasets.data_fingerprint(config, 'train'))
     logging.info('wrote FID statistics of %d training images to %s', acc.n, path)
   if not os.path.exists(wd.moments_path(config)):  # every rank decides alike: rank 0 writes after the reduce
-    sampling.gauss_stats(config)
+    sample_lib.gauss_stats(config)
   dist_util.barrier()
   return path
 
 
-def load_reference(config):
-  """The reference statistics of the config's training split, checked against the Inception weights and the
-  data (a file made with other weights or other data is refused)."""
-  d = config.data
-  return evaluation.load_stats(wd.fid_stats_path(config), d.dataset, d.image_size,
-                               weights_hash=evaluation.inception_weights_hash(config.eval.inception_path),
-                               fingerprint=datasets.data_fingerprint(config, 'train'))
-
-
 def sweep_cells(config):
-  """The cells of the sweep: dicts with method, num_steps, init, t_start, grid and a unique key."""
+  """The cells of the sweep: dicts with method, num_steps, init, t_start, grid and a unique key: every grid x method
+  x n (restricted to the 'method:n' pairs of eval.cells when it is not empty) x {vanilla, gls at each t_c}."""
   T, e = config.model.num_scales, config.eval
   cells = []
-  for method in e.methods:
-    for n in e.num_steps:
-      starts = [('normal', T - 1)] + [('gls', t) for t in e.t_starts if t == 'auto' or n <= t + 1]
-      for init, t_start in starts:
-        cells.append(dict(method=method, num_steps=n, init=init, t_start=t_start, grid=e.grid,
-                          key=f'{method}_n{n}_{init}_tc{t_start}_{e.grid}'))
+  only = {tuple(c.split(':')) for c in e.cells}  # eval.cells restricts the methods x num_steps product
+  for grid in e.grids:
+    for method in e.methods:
+      for n in e.num_steps:
+        if only and (method, str(n)) not in only:
+          continue
+        starts = [('normal', T - 1)] + [('gls', t) for t in e.t_starts if t == 'auto' or n <= t + 1]
+        for init, t_start in starts:
+          cells.append(dict(method=method, num_steps=n, init=init, t_start=t_start, grid=grid,
+                            key=f'{method}_n{n}_{init}_tc{t_start}_{grid}'))
   return cells
-
-
-def file_sha256(path):
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
 
 
 def cell_signature(config, cell, ctx):
@@ -112,6 +103,8 @@ def cell_signature(config, cell, ctx):
              kid_subset_size=int(config.eval.kid_subset_size))
   if ctx.weights_sha256:
     sig.update(weights_sha256=ctx.weights_sha256)
+  if ctx.precision != 'fp32':  # fp32 cells written before the precision was recorded stay valid
+    sig.update(precision=ctx.precision)
   if cell['init'] == 'gls':
     sig.update(gls_fit=s.gls_fit, gls_rank=int(s.gls_rank), gls_dtype=s.gls_dtype,
                moments_sha256=ctx.moments_sha256)
@@ -137,36 +130,17 @@ def run_cell(config, cell, ctx):
     return None
   path = os.path.join(ctx.outdir, 'samples', cell['key'] + '.npz')
   io_util.save_npz(path, samples=images, timesteps=np.asarray(plan.timesteps))
-  scores = score_images(images, ctx.inception, ctx.ref, config, ctx.device)
+  scores = evaluation.score_images(images, ctx.inception, ctx.ref, config, ctx.device)
   extra = dict(t_start=t_start, tc_rule='auto', auto_tc=auto) if auto else {}
   return dict(cell, nfe=plan.nfe, timesteps=list(plan.timesteps), signature=cell_signature(config, cell, ctx), **extra,
-              checkpoint_step=int(ctx.step), samples=os.path.relpath(path, ctx.outdir),
+              checkpoint_step=int(ctx.step), precision=ctx.precision, weights_sha256=ctx.weights_sha256,
+              samples=os.path.relpath(path, ctx.outdir),
               seconds=round(time.time() - t0, 1), **scores)
-
-
-def score_images(images, inception, ref, config, device):
-  """FID (against the reference, whose square root is cached across cells) and KID with its standard error
-  over subsets, of float images (N, C, H, W) in [0, 1]."""
-  bs = config.eval.batch_size
-  batches = (torch.from_numpy(images[i:i + bs]) for i in range(0, len(images), bs))
-  mu, sigma, n, feats = evaluation.feature_moments(batches, inception, device=device, progress=False)
-  kid_mean, kid_std = evaluation.kid(feats, ref['feats'],
-                                     subset_size=min(config.eval.kid_subset_size, len(feats), len(ref['feats'])))
-  return dict(num_samples=int(n), fid=float(evaluation.fid_to_reference(mu, sigma, ref)), kid=float(kid_mean),
-              kid_std=float(kid_std))
-
-
-def floor_scores(config, inception, ref, device):
-  """The table's floor: FID / KID of real held-out images (the eval split) against the same training statistics, at
-  the sweep's sample count where the split holds that many (else the whole split; the count is in the scores)."""
-  images, _ = datasets.load_arrays(config, 'eval')
-  count = min(int(config.eval.num_samples), len(images))
-  return score_images(images[:count].numpy(), inception, ref, config, device)
 
 
 def floor_record(config, ctx):
   """floor_scores with the signature that says when they must be recomputed (eval/floor.json)."""
-  return dict(floor_scores(config, ctx.inception, ctx.ref, ctx.device), signature=floor_signature(config, ctx))
+  return dict(evaluation.floor_scores(config, ctx.inception, ctx.ref, ctx.device), signature=floor_signature(config, ctx))
 
 
 def floor_signature(config, ctx):
@@ -191,29 +165,31 @@ class SweepContext:
   stats_sha256: str      # of the statistics file, part of every cell's signature
   moments_sha256: str    # of the moments file ('' when there is none)
   weights_sha256: str    # of a diffusers folder's weights file (model.pretrained), '' for the workdir's checkpoints
+  precision: str         # the U-Net's precision in sampling, resolved on this device: 'fp32' or 'bf16'
 
 
 def sweep_context(config, workdir, needs_gls=True):
   """The SweepContext of ``workdir``: model, reference stats, Inception, late-start moments, the output folder."""
   device = dist_util.get_device(config)
-  ref = load_reference(config)  # missing / mismatched statistics: a clear error before any sampling
-  moments = sampling.late_start_moments(config) if needs_gls and config.sampling.gls_fit == 'exact' else None
-  eps_fn, step = sampling.load_eps_fn(config, workdir, device)
+  ref = evaluation.load_reference(config)  # missing / mismatched statistics: a clear error before any sampling
+  moments = late_start.late_start_moments(config) if needs_gls and config.sampling.gls_fit == 'exact' else None
+  eps_fn, step = checkpoints.load_eps_fn(config, workdir, device)
   moments_file = wd.moments_path(config)
   inception = (evaluation.load_inception(config.eval.inception_path, device, backend=config.eval.fid_backend)
                if dist_util.is_main() else None)
   return SweepContext(device=device, eps_fn=eps_fn, step=step, schedule=sde_lib.DDPMSchedule.from_config(config),
                       inverse=datasets.get_data_inverse_scaler(config), inception=inception, ref=ref, moments=moments,
-                      initialisers={}, outdir=wd.eval_dir(workdir), stats_sha256=file_sha256(wd.fid_stats_path(config)),
-                      moments_sha256=file_sha256(moments_file) if os.path.exists(moments_file) else '',
-                      weights_sha256=_pretrained_sha256(config))
+                      initialisers={}, outdir=wd.eval_dir(workdir), stats_sha256=io_util.file_sha256(wd.fid_stats_path(config)),
+                      moments_sha256=io_util.file_sha256(moments_file) if os.path.exists(moments_file) else '',
+                      weights_sha256=_pretrained_sha256(config),
+                      precision=mutils.resolve_precision(device, config.eval.precision))
 
 
 def _pretrained_sha256(config):
   """sha256 of model.pretrained's weights file: cells sampled from another folder's weights are stale."""
   if not config.model.get('pretrained'):
     return ''
-  return file_sha256(diffusers_io.weights_file(config.model.pretrained))
+  return io_util.file_sha256(diffusers_io.weights_file(config.model.pretrained))
 
 
 def evaluate(config, workdir):
@@ -230,9 +206,12 @@ def evaluate(config, workdir):
     wd.ensure_writable(outdir, 'the eval output folder')
   ctx = sweep_context(config, workdir, needs_gls=any(c['init'] == 'gls' for c in cells))
   results_path = os.path.join(outdir, 'results.json')
-  results = io_util.load_json(results_path, {})
-  todo = [c for c in cells if results.get(c['key'], {}).get('signature') != cell_signature(config, c, ctx)]
+  results = io_util.load_json(results_path, {})  # damaged: set aside with a warning, every cell recomputed
+  todo = [c for c in cells if results.get(c['key'], {}).get('signature') != cell_signature(config, c, ctx)
+          or not samples_intact(results[c['key']], ctx.outdir)]
   stale = [c['key'] for c in todo if c['key'] in results]
+  for c in cells:  # a reused cell of an older version: its signature matched, so it was sampled in ctx.precision
+    results.get(c['key'], {}).setdefault('precision', ctx.precision)
   logging.info('eval: %d cells, %d done, %d to run (%d stale: %s), %d samples each, checkpoint step %d', len(cells),
                len(cells) - len(todo), len(todo), len(stale), stale[:4], config.eval.num_samples, ctx.step)
   for i, cell in enumerate(todo):
@@ -255,10 +234,34 @@ def evaluate(config, workdir):
   done = [results[c['key']] for c in cells]
   table = (tables.write_tables(config, done, outdir, floor=floor) + tables.write_gain_table(config, done, outdir)
            + tables.write_auto_table(config, done, outdir))
+  tables.write_all_cells(checkpoint_cells(results, ctx), [c['key'] for c in cells], outdir)
   tables.plot_fid_vs_tc(config, done, outdir)
   tables.save_comparison_grids(done, outdir)
   print(table)
   return results
+
+
+def samples_intact(record, outdir):
+  """True when a finished cell's samples file loads and holds its num_samples images; a damaged file is set aside
+  (io_util.set_aside) so that the cell is recomputed instead of trusted."""
+  path = os.path.join(outdir, record.get('samples', ''))
+  if not os.path.isfile(path):
+    return False
+  try:
+    with np.load(path) as f:
+      count = len(f['samples'])
+  except io_util.NPZ_ERRORS as err:
+    return io_util.set_aside(path, f'{type(err).__name__}: {err}', False)
+  if count != record.get('num_samples'):
+    return io_util.set_aside(path, f'{count} samples, the cell has {record.get("num_samples")}', False)
+  return True
+
+
+def checkpoint_cells(results, ctx):
+  """Every finished cell of results.json sampled from the model this sweep loaded (same checkpoint step, same
+  diffusers weights), whether or not it is in the current plan: results_all.csv keeps them all."""
+  return [r for r in results.values() if r.get('checkpoint_step') == ctx.step
+          and r.get('signature', {}).get('weights_sha256', '') == ctx.weights_sha256]
 
 
 def main_job(config, workdir):

@@ -1,5 +1,6 @@
 """FID / KID evaluation: the FID Inception-v3 (pool3, 2048-d), streaming feature statistics, the Frechet
-distance, the unbiased KID and the reference-statistics files (docs/fid.md).
+distance, the unbiased KID, the reference-statistics files (docs/fid.md), and the scoring of images against a
+config's training statistics (load_reference, score_images, floor_scores: the eval sweep and the experiments).
 
 The network is pytorch-fid's architecture (``pytorch_fid.inception.InceptionV3``), built without any download.
 Its weights come from either pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (given by path) or the
@@ -15,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import datasets
 import fid_backend
 import io_util
+import workdir as wd
 from errors import InputError, one_line
 from inception_weights import InceptionWeightsError, cache_dir, inception_weights_hash  # noqa: F401 (public names)
 from inception_weights import resolve_state_dict, weights_sha256
@@ -295,3 +298,33 @@ def load_stats(path, dataset=None, image_size=None, weights_hash=None, fingerpri
   if stats['count'] < 2:
     raise StatsError(f'{path}: statistics from {stats["count"]} sample(s); at least 2 are needed: {_RECOMPUTE}')
   return stats
+
+
+# ------------------------------------------------------------------------------------------ scoring a data set
+def load_reference(config):
+  """The reference statistics of the config's training split, checked against the Inception weights and the
+  data (a file made with other weights or other data is refused)."""
+  d = config.data
+  return load_stats(wd.fid_stats_path(config), d.dataset, d.image_size,
+                    weights_hash=inception_weights_hash(config.eval.inception_path),
+                    fingerprint=datasets.data_fingerprint(config, 'train'))
+
+
+def score_images(images, inception, ref, config, device):
+  """FID (against the reference, whose square root is cached across cells) and KID with its standard error
+  over subsets, of float images (N, C, H, W) in [0, 1]."""
+  bs = config.eval.batch_size
+  batches = (torch.from_numpy(images[i:i + bs]) for i in range(0, len(images), bs))
+  mu, sigma, n, feats = feature_moments(batches, inception, device=device, progress=False)
+  kid_mean, kid_std = kid(feats, ref['feats'],
+                          subset_size=min(config.eval.kid_subset_size, len(feats), len(ref['feats'])))
+  return dict(num_samples=int(n), fid=float(fid_to_reference(mu, sigma, ref)), kid=float(kid_mean),
+              kid_std=float(kid_std))
+
+
+def floor_scores(config, inception, ref, device):
+  """The table's floor: FID / KID of real held-out images (the eval split) against the same training statistics, at
+  the sweep's sample count where the split holds that many (else the whole split; the count is in the scores)."""
+  images, _ = datasets.load_arrays(config, 'eval')
+  count = min(int(config.eval.num_samples), len(images))
+  return score_images(images[:count].numpy(), inception, ref, config, device)

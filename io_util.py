@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from errors import StorageError
+from errors import InputError, StorageError, one_line
 
 
 def _umask():
@@ -86,9 +86,58 @@ def remove_stale_tmp(folder):
 NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
 
 
+def load_npz(path, keys, fix):
+  """{key: array} of the ``keys`` of the npz file ``path``, read whole, never unpickling anything.
+
+  Raises InputError, one line naming the file and ending in ``fix`` (what the file must hold or what to do), when
+  the file is not a readable npz (damaged, truncated, another format), lacks a key, or holds a key as an array of
+  Python objects (dtype object: reading it would unpickle, which is refused).
+  """
+  try:
+    npz = np.load(path, allow_pickle=False)
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+      raise InputError(f'{path} is a single .npy array, not an npz: {fix}')
+    with npz:
+      missing = [k for k in keys if k not in npz.files]
+      if missing:
+        raise InputError(f'{path} has no {", ".join(map(repr, missing))} array (it holds {npz.files}): {fix}')
+      for key in keys:
+        dtype = _npz_dtype(npz, key)
+        if dtype is not None and dtype.hasobject:
+          raise InputError(f'{path}: {key!r} is an array of Python objects (dtype object), which is never '
+                           f'unpickled: {fix}')
+      return {k: npz[k] for k in keys}
+  except InputError:
+    raise
+  except NPZ_ERRORS as err:
+    if 'pickle' in str(err):  # numpy reads what is neither npz nor npy as a pickle; its advice is not passed on
+      raise InputError(f'{path} is not an npz file (damaged or another kind of file, which is never unpickled): '
+                       f'{fix}') from None
+    raise InputError(f'{path} is not a readable npz ({one_line(err)}): it is damaged or truncated; {fix}') from None
+
+
+def _npz_dtype(npz, key):
+  """The dtype in the header of member ``key`` of an open npz, read without loading (or unpickling) the data;
+  None for a header version numpy has no public reader for (3.0: utf-8 field names)."""
+  readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+  with npz.zip.open(key + '.npy') as member:
+    read_header = readers.get(np.lib.format.read_magic(member))
+    return read_header(member)[2] if read_header else None
+
+
 def save_npz(path, **arrays):
   """Atomic ``np.savez`` (uncompressed)."""
   return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def file_sha256(path):
+  """The sha256 hex digest of a file, read in 1 MiB blocks."""
+  import hashlib
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
 
 
 def save_json(obj, path):
@@ -97,11 +146,31 @@ def save_json(obj, path):
 
 
 def load_json(path, default=None):
-  """The JSON object in ``path``, or ``default`` when the file does not exist."""
+  """The JSON object in ``path``, or ``default`` when the file does not exist.
+
+  A file that does not parse is never trusted: with a ``default`` (a cache: results.json, floor.json) it is set
+  aside as ``<path>.damaged-<time>`` with a warning and ``default`` is returned, so the caller recomputes it;
+  without one it is an InputError naming the file."""
   if not os.path.exists(path):
     return default
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (ValueError, UnicodeDecodeError) as err:
+    if default is None:
+      raise InputError(f'{path} is not valid JSON ({err}): the file is damaged; restore or remove it') from None
+    return set_aside(path, f'not valid JSON ({err})', default)
+
+
+def set_aside(path, why, result=None):
+  """Renames a damaged cache file to ``<path>.damaged-<unix time>`` (kept for inspection, never read again), logs a
+  warning naming it and ``why``; returns ``result``."""
+  import logging
+  import time
+  aside = f'{path}.damaged-{int(time.time())}'
+  os.replace(path, aside)
+  logging.warning('%s is damaged (%s): set aside as %s; its contents will be recomputed', path, why, aside)
+  return result
 
 
 def write_text(path, text):

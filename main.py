@@ -23,13 +23,13 @@ from ml_collections.config_flags import config_flags
 MODES = {
     'train': ('train the DDPM (resumes from the newest checkpoint in --workdir)', 'run_lib:train', ('train',)),
     'sample': ('draw config.sampling.num_samples with the configured sampler/init/t_start; writes .npz + PNG grid',
-               'sampling:sample', ()),
+               'sample_lib:sample', ()),
     'gauss_stats': ('stream the training data once and write the late-start moments file',
-                    'sampling:gauss_stats', ()),
+                    'sample_lib:gauss_stats', ()),
     'fid_stats': ('write the FID reference statistics (and late-start moments) of the training split',
                   'eval_lib:fid_stats', ()),
     'export_diffusers': ('write the EMA weights as a diffusers DDPMPipeline folder (WORKDIR/diffusers) that '
-                         'DDPMPipeline.from_pretrained loads', 'sampling:export_diffusers', ()),
+                         'DDPMPipeline.from_pretrained loads', 'sample_lib:export_diffusers', ()),
     'eval': ('sweep samplers x steps x {vanilla, gls} x t_c; write results.{md,csv,json}, plots and grids',
              'eval_lib:evaluate', ('eval',)),
     'all': ('the main job: train, then fid_stats if missing, then eval; prints the table', 'eval_lib:main_job',
@@ -77,16 +77,38 @@ def run_mode(mode, config, workdir, **kwargs):
   validate_config(config)
   import contextlib
   import dist_util
+  from errors import stop_on_signals
   _, target, locks = MODES[mode]
   module, name = target.split(':')
   fn = getattr(importlib.import_module(module), name)
-  if not locks or not dist_util.is_main():
-    return fn(config, workdir, **kwargs)
-  wd.ensure_writable(workdir)
-  with contextlib.ExitStack() as stack:
-    for lock in locks:
-      stack.enter_context(wd.WorkdirLock(workdir, lock))
-    return fn(config, workdir, **kwargs)
+  with stop_on_signals(lambda signame, err: _stop_message(mode, workdir, signame, err)):
+    if not locks or not dist_util.is_main():
+      return fn(config, workdir, **kwargs)
+    wd.ensure_writable(workdir)
+    with contextlib.ExitStack() as stack:
+      for lock in locks:
+        stack.enter_context(wd.WorkdirLock(workdir, lock))
+      return fn(config, workdir, **kwargs)
+
+
+def _stop_message(mode, workdir, signame, err):
+  """The 'stopped:' line of a mode ended by SIGTERM / SIGINT (training writes its own): what is kept, what to do.
+  The eval sweep (--mode=eval, or --mode=all where eval_lib.evaluate is on the traceback) counts its finished cells."""
+  import json
+  import traceback
+  import workdir as wd
+  evaluate = getattr(sys.modules.get('eval_lib'), 'evaluate', None)
+  running = [frame.f_code for frame, _ in traceback.walk_tb(err.__traceback__)]
+  if mode == 'eval' or getattr(evaluate, '__code__', None) in running:
+    path = os.path.join(wd.eval_dir(workdir), 'results.json')
+    try:
+      with open(path) as f:
+        cells = len(json.load(f))
+    except (OSError, ValueError, TypeError):
+      cells = 0
+    return f'{signame} during the eval sweep; {cells} finished cells are kept in {path}; run the same command to resume'
+  return (f'{signame} during --mode={mode}; every file written so far is complete (all writes are atomic); run the '
+          'same command again')
 
 
 def main(argv):
@@ -99,13 +121,14 @@ def main(argv):
   except input_errors() as err:  # bad input: one clear line, no traceback
     import dist_util  # under torchrun every failing rank reports its line before the group stops
     dist_util.exit_all(f'error: {type(err).__name__}: {err}', wait_s=30)
-  except Preempted as err:  # SIGTERM / SIGINT: the checkpoint of the current step is on disk
+  except Preempted as err:  # SIGTERM / SIGINT: one line saying what is kept (training: the current step's checkpoint)
     import dist_util
     dist_util.exit_all(f'stopped: {err}', wait_s=30, code=err.exit_code)
 
 
 def _check_arguments(argv):
-  """Fails early with one line on a missing config file or a misspelt --config.<field> override."""
+  """Fails early with one line on a missing config file, one that is not a config file (not Python, no
+  get_config()) or a misspelt --config.<field> override."""
   from configs.validation import ConfigError, check_override_fields, load_config_file
   paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
   paths += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == '--config']
@@ -113,8 +136,6 @@ def _check_arguments(argv):
     return
   if not os.path.isfile(paths[-1]):
     sys.exit(f'error: config file {paths[-1]} not found; pass one of configs/ddpm/*.py')
-  if not any(a.startswith('--config.') for a in argv):
-    return
   try:
     check_override_fields(load_config_file(paths[-1]), argv)
   except ConfigError as err:

@@ -5,7 +5,6 @@ The workdir layout is owned by ``workdir.py``; sampling (the snapshot grids too)
 import contextlib
 import logging
 import signal
-import threading
 
 import numpy as np
 import torch
@@ -17,9 +16,10 @@ import io_util
 import losses
 import rng
 import sampling
+from models import checkpoints
 import sde_lib
 import workdir as wd
-from errors import ConfigError, InputError, Preempted
+from errors import ConfigError, InputError, Preempted, signal_handler
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 
@@ -39,7 +39,7 @@ def restore_for_training(config, workdir, model, ema, optimizer, device):
   unless --config.training.restart_unreadable=True says to start over on purpose.
   """
   try:
-    return sampling.restore_checkpoint(workdir, model, ema, optimizer, device)
+    return checkpoints.restore_checkpoint(workdir, model, ema, optimizer, device)
   except mutils.CheckpointError as err:
     if not config.training.restart_unreadable:
       raise mutils.CheckpointError(f'{err} Training would start over and overwrite these files: fix the config '
@@ -240,21 +240,14 @@ def _stop_signals():
   signal stops at once. The previous handlers come back afterwards. Yields the list of received signal numbers.
   Signal handlers can only be set in the main thread; elsewhere the signals keep their handlers."""
   received = []
-  if threading.current_thread() is not threading.main_thread():
-    yield received
-    return
 
   def handler(signum, frame):
     if received:
       raise Preempted(f'{signal.Signals(signum).name} again: stopped at once, without waiting for the checkpoint '
                       'of this step; the newest checkpoint on disk is kept and the next run resumes from it', signum)
     received.append(signum)
-  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
+  with signal_handler(handler):
     yield received
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
 
 
 def _stop_requested(received, device):

@@ -32,8 +32,11 @@ import datasets  # noqa: E402
 import rng  # noqa: E402
 import run_lib  # noqa: E402
 import sampling  # noqa: E402
+from models import checkpoints  # noqa: E402
+import late_start  # noqa: E402
 import sde_lib  # noqa: E402
 from configs.validation import load_config_file  # noqa: E402
+import samplers  # noqa: E402
 from samplers import auto_tc, get_sampler  # noqa: E402
 
 
@@ -58,7 +61,7 @@ def per_direction_gaps(config, schedule, eps_fn, fit, num_images):
 def choices(config, schedule, eps_fn, method, n, fit, late, phis):
   """{variant: t_c} for one (sampler, n); late: {'gap': {t: (D,)}, 'mse': {t: (D,)}} cumulative per direction."""
   T, s = config.model.num_scales, config.sampling
-  proxy = auto_tc.DETERMINISTIC_PROXY.get(method, method)
+  proxy = samplers.proxy(method)
   options = {} if proxy != method else sampling.sampler_options(method, s)
   sampler, lam = get_sampler(proxy), auto_tc._fit(fit)[1].clamp(min=auto_tc.noise_floor(schedule))
   totals = {'kl': {}, 'mse': {}, **{f'smooth({phi:g})': {} for phi in phis}}
@@ -88,8 +91,8 @@ def sweep_cells(workdir, method, n):
 @torch.no_grad()
 def run(config, workdir, num_steps, phis, num_images):
   schedule = sde_lib.DDPMSchedule.from_config(config)
-  eps_fn, step = sampling.load_eps_fn(config, workdir, 'cpu')
-  fit = sampling.build_initialiser(config, schedule, config.model.num_scales - 1, 'gls', None, {})
+  eps_fn, step = checkpoints.load_eps_fn(config, workdir, 'cpu')
+  fit = late_start.build_initialiser(config, schedule, config.model.num_scales - 1, 'gls', None, {})
   gaps = per_direction_gaps(config, schedule, eps_fn, fit, num_images)
   late = {'gap': auto_tc.late_start_kl(schedule, {t: g for t, (g, _) in gaps.items()}),
           'mse': auto_tc.late_start_kl(schedule, {t: d.sum().clamp(min=0) for t, (_, d) in gaps.items()})}

@@ -45,7 +45,7 @@ def table(schedule, ns):
   print('| ' + ' | '.join(header) + ' |')
   print('|' + '---|' * len(header))
   for method, options, name in ROWS:
-    errs = [gaussian.ode_error(samplers.SAMPLERS[method], schedule, n, **options) for n in ns]
+    errs = [gaussian.ode_error(samplers.get_sampler(method), schedule, n, **options) for n in ns]
     tail = min(3, len(ns))
     order = -np.polyfit(np.log(ns[-tail:]), np.log(errs[-tail:]), 1)[0]
     nfe = samplers.nfe(method, ns[-1], **options) - ns[-1]

@@ -32,6 +32,7 @@ import evaluation  # noqa: E402
 import io_util  # noqa: E402
 import run_lib  # noqa: E402
 import sampling  # noqa: E402
+from models import checkpoints  # noqa: E402
 import sde_lib  # noqa: E402
 import workdir as wd  # noqa: E402
 from configs import validation  # noqa: E402
@@ -75,12 +76,12 @@ def score_checkpoint(config, workdir, index, method, n, ctx, num_samples, precis
   t0 = time.time()
   config = config.copy_and_resolve_references()
   config.sampling.checkpoint, config.eval.precision = index, precision
-  eps_fn, step = sampling.load_eps_fn(config, workdir, ctx['device'])
+  eps_fn, step = checkpoints.load_eps_fn(config, workdir, ctx['device'])
   plan = sampling.sampling_plan(config, ctx['schedule'], method, n, 'normal', config.model.num_scales - 1,
                                 'late_start')
   images = sampling.generate(eps_fn, ctx['schedule'], plan, num_samples, config.eval.batch_size, config.seed,
                              ctx['device'], ctx['inverse'], desc=f'{method} n={n} step {step}')
-  scores = eval_lib.score_images(images, ctx['inception'], ctx['ref'], config, ctx['device'])
+  scores = evaluation.score_images(images, ctx['inception'], ctx['ref'], config, ctx['device'])
   return dict(step=step, sampler=method, n=n, nfe=plan.nfe, precision=precision, seconds=round(time.time() - t0, 1),
               **scores)
 
@@ -98,14 +99,14 @@ def run_recipe(name, root, rows, args):
   if not os.path.exists(wd.fid_stats_path(config)):
     eval_lib.fid_stats(config, workdir)
   device = dist_util.get_device(config)
-  ctx = dict(device=device, schedule=sde_lib.DDPMSchedule.from_config(config), ref=eval_lib.load_reference(config),
+  ctx = dict(device=device, schedule=sde_lib.DDPMSchedule.from_config(config), ref=evaluation.load_reference(config),
              inverse=datasets.get_data_inverse_scaler(config),
              inception=evaluation.load_inception(config.eval.inception_path, device, backend=config.eval.fid_backend))
   n_samples = config.eval.num_samples
   done = {(r['recipe'], int(r['step']), r['sampler'], int(r['n']), r['precision'], int(r['num_samples']))
           for r in rows}
   if ('floor', 0, 'real', 0, '-', n_samples) not in done:
-    floor = eval_lib.floor_scores(config, ctx['inception'], ctx['ref'], ctx['device'])
+    floor = evaluation.floor_scores(config, ctx['inception'], ctx['ref'], ctx['device'])
     rows.append(dict(recipe='floor', step=0, sampler='real', n=0, nfe=0, precision='-', seconds=0, **floor))
     save(root, rows)
   precision = mutils.resolve_precision(device, config.eval.precision)

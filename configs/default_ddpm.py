@@ -75,9 +75,10 @@ def get_default_configs():
   optim.grad_clip = 1.0
 
   config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = 'ddim'  # ddpm | ddim | pndm
+  sampling.method = 'ddim'  # ddpm | ddim | pndm | dpmpp_2m | unipc (samplers.SAMPLERS)
   sampling.num_steps = 10  # n; ddpm with num_steps = t_start + 1 is the full ancestral chain
-  sampling.grid = 'late_start'  # late_start (linspace(0, t_c, n)) | uniform | quad
+  sampling.grid = 'late_start'  # late_start (linspace(0, t_c, n)) | uniform | quad | karras | logsnr | trailing
+  # (samplers/grids.py, docs/samplers.md "Time grids")
   sampling.init = 'normal'  # normal | gls
   # t_c in [0, T-1], or 'auto': chosen per (sampler, n) from the KL a late start loses and the KL its sampler saves
   # a FieldReference of type object so that --config.sampling.t_start=auto parses
@@ -92,6 +93,7 @@ def get_default_configs():
   sampling.num_samples = 64
   sampling.batch_size = 500
   sampling.checkpoint = -1  # snapshot index to load; -1 = newest
+  sampling.export_replace = False  # --mode=export_diffusers may replace WORKDIR/diffusers holding another step
   sampling.stats_dir = 'assets/stats'  # FID stats and late-start moments: {dataset}_{res}_{stats|moments}.npz
   sampling.moments_file = ''  # explicit late-start moments file; '' = stats_dir default, computed if missing
 
@@ -101,7 +103,8 @@ def get_default_configs():
   evaluate.methods = ('ddpm', 'ddim', 'pndm')
   evaluate.num_steps = (3, 5, 10)
   evaluate.t_starts = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)  # 'auto' adds the rule's cell
-  evaluate.grid = 'late_start'
+  evaluate.cells = ()  # 'method:n' pairs that restrict methods x num_steps (e.g. ('ddim:3', 'ddpm:10')); () = all
+  evaluate.grids = ('late_start',)  # the sweep's time grids (samplers/grids.py); every cell runs on each
   evaluate.inception_path = ''  # optional pt_inception-2015-12-05-6726825d.pth
   evaluate.fid_backend = 'auto'  # auto: onnxruntime on CPU if installed, else torch | torch | onnxruntime
   evaluate.kid_subset_size = 1000

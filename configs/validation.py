@@ -16,7 +16,6 @@ from samplers.initialisers import GLS_DTYPES, GLS_FITS, INITS
 from samplers.pndm import VARIANTS as PNDM_VARIANTS
 
 MODELS = ('ddpm',)
-METHODS = tuple(SAMPLERS)  # sampling.method, eval.methods
 
 
 def _require(ok, field, value, why):
@@ -76,7 +75,7 @@ def _validate_eval(config):
   e = config.eval
   _choice(config, 'eval.fid_backend', FID_BACKENDS)
   _require(e.num_samples >= 2, 'eval.num_samples', e.num_samples, 'FID and KID need at least 2 samples per cell')
-  _require(len(e.methods) >= 1, 'eval.methods', tuple(e.methods), f'name at least one sampler of {METHODS}')
+  _require(len(e.methods) >= 1, 'eval.methods', tuple(e.methods), f'name at least one sampler of {tuple(SAMPLERS)}')
   _require(len(e.num_steps) >= 1, 'eval.num_steps', tuple(e.num_steps), 'name at least one step count n')
 
 
@@ -92,12 +91,13 @@ def _validate_analysis(config):
            per_size, f'training steps must be >= 1 (mem_n_iters = {a.mem_n_iters})')
   _require(a.diversity_num_samples >= 2, 'analysis.diversity_num_samples', a.diversity_num_samples, 'must be >= 2')
   for m in a.diversity_methods:
-    _require(m in METHODS, 'analysis.diversity_methods', tuple(a.diversity_methods), f'{m!r} is not one of {METHODS}')
+    _require(m in SAMPLERS, 'analysis.diversity_methods', tuple(a.diversity_methods),
+             f'{m!r} is not one of {tuple(SAMPLERS)}')
 
 
 def _validate_sampling(config):
   s, T = config.sampling, config.model.num_scales
-  _choice(config, 'sampling.method', METHODS)
+  _choice(config, 'sampling.method', tuple(SAMPLERS))
   _choice(config, 'sampling.init', INITS)
   _choice(config, 'sampling.grid', GRID_KINDS)
   _choice(config, 'sampling.pndm_variant', PNDM_VARIANTS)
@@ -127,18 +127,36 @@ def _validate_sampling(config):
   _require(s.checkpoint >= -1, 'sampling.checkpoint', s.checkpoint,
            'must be a snapshot index >= 0 (checkpoints/checkpoint_{index}.pth) or -1 for the newest')
   for m in config.eval.methods:
-    _require(m in METHODS, 'eval.methods', tuple(config.eval.methods), f'{m!r} is not one of {METHODS}')
+    _require(m in SAMPLERS, 'eval.methods', tuple(config.eval.methods), f'{m!r} is not one of {tuple(SAMPLERS)}')
   for n in config.eval.num_steps:
     _require(n >= 1, 'eval.num_steps', tuple(config.eval.num_steps), 'every n must be >= 1')
   for t in config.eval.t_starts:
     _require(t == 'auto' or (isinstance(t, int) and 0 <= t <= T - 1), 'eval.t_starts', tuple(config.eval.t_starts),
              f"every t_c must be an integer in [0, {T - 1}] or 'auto'")
+  for cell in config.eval.cells:
+    method, _, n = str(cell).partition(':')
+    _require(method in config.eval.methods and n.isdigit() and int(n) in config.eval.num_steps, 'eval.cells',
+             tuple(config.eval.cells), f"{cell!r} is not 'method:n' with the method in eval.methods and n in "
+             'eval.num_steps')
+  for field in ('methods', 'num_steps', 't_starts', 'grids', 'cells'):  # ml_collections joins a tuple override given twice
+    values = tuple(config.eval[field])
+    twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+    _require(not twice, f'eval.{field}', values, f'lists {twice[0] if twice else ""!r} more than once (each cell would '
+             'run twice; note that a tuple override given twice on the command line is joined, not replaced)')
+  for t in config.eval.t_starts:  # a late start at t_c has at most t_c + 1 distinct timesteps
+    short = [n for n in config.eval.num_steps if t != 'auto' and n > t + 1]
+    _require(not short, 'eval.t_starts', tuple(config.eval.t_starts),
+             f'holds t_c={t}, which gives no cell for n={short[0] if short else ""} (a late start at t_c has at most '
+             f't_c + 1 distinct timesteps, so n <= t_c + 1); drop t_c={t} or those n from eval.num_steps')
   uses_auto = s.t_start == 'auto' or 'auto' in config.eval.t_starts
   _require(not uses_auto or (s.gls_fit == 'exact' and s.gls_rank == 0), 'sampling.gls_rank', s.gls_rank,
            f"t_c 'auto' needs the full-covariance late start (sampling.gls_fit=exact, sampling.gls_rank=0; "
            f'gls_fit is {s.gls_fit})')
-  _require('auto' not in config.eval.t_starts or config.eval.grid == 'late_start', 'eval.t_starts',
-           tuple(config.eval.t_starts), "'auto' needs eval.grid=late_start (the only grid that starts at every t_c)")
+  for g in config.eval.grids:
+    _require(g in GRID_KINDS, 'eval.grids', tuple(config.eval.grids), f'{g!r} is not one of {GRID_KINDS}')
+  _require(len(config.eval.grids) >= 1, 'eval.grids', tuple(config.eval.grids), 'needs at least one grid')
+  _require('auto' not in config.eval.t_starts or tuple(config.eval.grids) == ('late_start',), 'eval.t_starts',
+           tuple(config.eval.t_starts), "'auto' needs eval.grids=('late_start',) (the grid its rule was built on)")
 
 
 def check_override_fields(config, argv):
@@ -160,10 +178,27 @@ def check_override_fields(config, argv):
       node = node[part]
 
 
+_A_CONFIG_FILE = ('a config file is a Python file whose get_config() returns an ml_collections ConfigDict: pass one '
+                  'of configs/ddpm/*.py or a copy of one')
+
+
 def load_config_file(path):
-  """``get_config()`` of a config file given by path (as --config does)."""
+  """``get_config()`` of a config file given by path (as --config does: any file name). ConfigError, one line, for
+  a file that is not Python, defines no get_config(), or whose get_config() returns no ConfigDict."""
+  import importlib.machinery
   import importlib.util
-  spec = importlib.util.spec_from_file_location('_config_under_check', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  import ml_collections
+  loader = importlib.machinery.SourceFileLoader('_config_under_check', path)  # any suffix, as absl loads it
+  module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+  try:
+    loader.exec_module(module)
+  except (SyntaxError, ValueError) as err:  # not Python text (ValueError: null bytes, undecodable bytes)
+    where = f', line {err.lineno}' if getattr(err, 'lineno', None) else ''
+    raise ConfigError(f'config file {path} is not Python ({type(err).__name__}{where}): {_A_CONFIG_FILE}') from None
+  if not callable(getattr(module, 'get_config', None)):
+    raise ConfigError(f'config file {path} defines no get_config(): {_A_CONFIG_FILE}')
+  config = module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'config file {path}: get_config() returned {type(config).__name__}, not a ConfigDict: '
+                      f'{_A_CONFIG_FILE}')
+  return config

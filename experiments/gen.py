@@ -23,6 +23,7 @@ import datasets
 import dist_util
 import io_util
 import sampling
+from models import checkpoints
 import sde_lib
 import workdir as wd
 from analysis import denoiser as denoiser_lib
@@ -102,10 +103,7 @@ def mem_score(config, workdir):
   if not a.samples_file or not os.path.isfile(a.samples_file):
     raise FileNotFoundError(f'config.analysis.samples_file={a.samples_file!r} is not a file: pass an npz written by '
                             '--mode=sample or --mode=eval, e.g. --config.analysis.samples_file=DIR/samples/x.npz')
-  with np.load(a.samples_file) as f:
-    if 'samples' not in f.files:
-      raise InputError(f'{a.samples_file} has no "samples" array (keys: {f.files})')
-    samples = torch.from_numpy(np.asarray(f['samples'], np.float32))
+  samples = torch.from_numpy(np.asarray(_read_samples(a.samples_file), np.float32))
   train_imgs, _ = datasets.load_arrays(config, 'train')
   if tuple(samples.shape[1:]) != tuple(train_imgs.shape[1:]):
     raise InputError(f'samples {tuple(samples.shape)} do not match the {config.data.dataset} training images '
@@ -121,6 +119,22 @@ def mem_score(config, workdir):
   io_util.save_json(out, os.path.join(outdir, f'mem_score_{name}.json'))
   print(json.dumps(out, indent=1))
   return out
+
+
+_SAMPLES = ('"samples" must be a numeric array (N, C, H, W) in [0, 1], as --mode=sample and --mode=eval write: pass '
+            'such an npz')
+
+
+def _read_samples(path):
+  """The "samples" array of an npz; InputError (one line naming the file) unless it is numeric (N, C, H, W) and
+  finite in [0, 1] (a damaged file, or one from elsewhere, is never scored)."""
+  samples = io_util.load_npz(path, ['samples'], _SAMPLES)['samples']
+  if samples.dtype.kind not in 'uif' or samples.ndim != 4 or not len(samples):
+    raise InputError(f'{path}: "samples" is {samples.dtype} of shape {samples.shape}; {_SAMPLES}')
+  low, high = float(samples.min()), float(samples.max())
+  if not (0.0 <= low and high <= 1.0):  # also NaN
+    raise InputError(f'{path}: "samples" range from {low} to {high}; {_SAMPLES}')
+  return samples
 
 
 # ---------------------------------------------------------------------------------------- Jacobian rank
@@ -146,7 +160,7 @@ def jacobian_rank(config, workdir):
   outdir = wd.ensure_writable(wd.analysis_dir(workdir), 'the analysis output folder')
   device = dist_util.get_device(config)
   a, schedule = config.analysis, sde_lib.DDPMSchedule.from_config(config)
-  model, _ = sampling.load_ema_module(config, workdir, device)
+  model, _ = checkpoints.load_ema_module(config, workdir, device)
   for p in model.parameters():
     p.requires_grad_(False)
   model_eps = lambda x, t: model(x, torch.full((x.shape[0],), float(t), device=x.device))

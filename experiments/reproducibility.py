@@ -27,6 +27,7 @@ import dist_util
 import io_util
 import run_lib
 import sampling
+from models import checkpoints
 import sde_lib
 import workdir as wd
 from analysis import denoiser as denoiser_lib
@@ -171,14 +172,14 @@ def memorization_cell(config, workdir, num_train, feature_net, threshold, device
   (checkpoint steps, models, samples, seed, feature net, threshold) is unchanged."""
   a, start = config.analysis, time.time()
   runs = _train_pair(config, workdir, num_train)
-  eps = {k: sampling.load_eps_fn(cfg, folder, device) for k, (cfg, folder, _) in runs.items()}
+  eps = {k: checkpoints.load_eps_fn(cfg, folder, device) for k, (cfg, folder, _) in runs.items()}
   signature = _jsonable(dict(
       steps={k: step for k, (_, step) in eps.items()}, nf={k: r[0].model.nf for k, r in runs.items()},
       train_seed={k: r[0].seed for k, r in runs.items()}, num_samples=a.mem_num_samples,
       num_steps=a.mem_num_steps, seed=config.seed, feature_net=a.feature_net, sscd_normalize=a.sscd_normalize,
       threshold=threshold))
   result_path = os.path.join(wd.analysis_dir(workdir), f'memorization_n{num_train}.json')
-  cached = io_util.load_json(result_path)
+  cached = io_util.load_json(result_path, {})  # a damaged cache is set aside and recomputed
   if isinstance(cached, dict) and cached.get('signature') == signature:
     logging.info('n=%d: unchanged since %s, reusing its scores', num_train, result_path)
     return cached['row']
@@ -244,7 +245,7 @@ def _rp_table_samples(config, workdir, pairs, models, device):
     if key not in eps:
       cfg = sub_config(config, None, n_iters, nf=spec['nf'], seed=spec['seed'], variant=spec['variant'])
       run_lib.train(cfg, folder)
-      eps[key] = sampling.load_eps_fn(cfg, folder, device)
+      eps[key] = checkpoints.load_eps_fn(cfg, folder, device)
     eps_fn, step = eps[key]
     signature = dict(step=step, method=method, num_samples=a.mem_num_samples, num_steps=a.mem_num_steps,
                      seed=config.seed)

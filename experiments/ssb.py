@@ -9,10 +9,11 @@ import torch
 
 import datasets
 import dist_util
-import eval_lib
 import evaluation
 import io_util
 import sampling
+from models import checkpoints
+import late_start
 import sde_lib
 import workdir as wd
 from analysis import symmetry
@@ -25,7 +26,7 @@ def _setup(config, workdir):
   """(device, eps_fn, schedule, outdir); the output folder is checked before the model is loaded."""
   outdir = wd.ensure_writable(wd.analysis_dir(workdir), 'the analysis output folder')
   device = dist_util.get_device(config)
-  eps_fn, step = sampling.load_eps_fn(config, workdir, device)
+  eps_fn, step = checkpoints.load_eps_fn(config, workdir, device)
   return device, eps_fn, sde_lib.DDPMSchedule.from_config(config), outdir, step
 
 
@@ -75,10 +76,10 @@ def late_start_curve(config, workdir):
   device, eps_fn, schedule, outdir, step = _setup(config, workdir)
   a, d = config.analysis, config.data
   signature = dict(checkpoint_step=step, num_samples=a.late_start_samples, seed=config.seed)
-  ref = eval_lib.load_reference(config)
+  ref = evaluation.load_reference(config)
   inception = evaluation.load_inception(config.eval.inception_path, device,
                                          backend=config.eval.fid_backend)
-  moments = sampling.late_start_moments(config) if 'gls' in a.late_start_inits else None
+  moments = late_start.late_start_moments(config) if 'gls' in a.late_start_inits else None
   path = os.path.join(outdir, 'late_start.json')
   results, initialisers = io_util.load_json(path, {}), {}
   for init in a.late_start_inits:
@@ -90,7 +91,7 @@ def late_start_curve(config, workdir):
                                     cache=initialisers)  # every step t..0: the full ancestral chain
       images = sampling.generate(eps_fn, schedule, plan, a.late_start_samples, config.eval.batch_size, config.seed,
                                  device, datasets.get_data_inverse_scaler(config), desc=key)
-      scores = eval_lib.score_images(images, inception, ref, config, device)
+      scores = evaluation.score_images(images, inception, ref, config, device)
       results[key] = dict(init=init, t=t, nfe=plan.nfe, signature=signature, **scores)
       io_util.save_json(results, path)
   rows = [results[f'{i}_t{t}'] for i in a.late_start_inits for t in a.late_start_ts]
@@ -187,7 +188,7 @@ def diversity(config, workdir):
   _, labels = datasets.load_arrays(config, 'train')
   reference = np.bincount(labels.numpy(), minlength=int(labels.max()) + 1) / len(labels)
   ctx = dict(device=device, eps_fn=eps_fn, schedule=schedule, classifier=model, reference=reference, cache={},
-             moments=sampling.late_start_moments(config))
+             moments=late_start.late_start_moments(config))
   path = os.path.join(outdir, 'diversity.json')
   signature = dict(checkpoint_step=step, num_samples=a.diversity_num_samples, seed=config.seed)
   saved = io_util.load_json(path, {})

@@ -90,7 +90,7 @@ class DDPM(nn.Module):
     channels = config.data.num_channels
     # GroupNorm groups: 32 in the published models (nf 128: 4 channels per group). With one channel per group
     # every norm removes each channel's spatial mean, so the net cannot carry the image's mean brightness to
-    # its output; small models set model.num_groups lower (README "The MNIST job"). Weights do not depend on it.
+    # its output; small models set model.num_groups lower (docs/mnist_job.md). Weights do not depend on it.
     groups = num_groups(config)
     ResnetBlock = functools.partial(layers.ResnetBlockDDPM, act=act, temb_dim=4 * nf,
                                     dropout=config.model.dropout, num_groups=groups)

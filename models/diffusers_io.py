@@ -247,7 +247,12 @@ def load_state_dict(path):
 def load_into(model, path, config):
   """Loads the folder's weights into our ``model`` (built from ``config``); returns the model."""
   check_config(config, path)
-  ours = to_ours(load_state_dict(path), config)
+  state = load_state_dict(path)
+  ours = to_ours(state, config)
+  bad = sorted(k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all())
+  if bad:  # sampling would write NaN images with exit 0 (workdir checkpoints are refused the same way)
+    raise InputError(f'the diffusers weights in {path} hold non-finite values ({len(bad)} tensors, first: {bad[0]}): '
+                     'the model diverged or the file is damaged; use another folder')
   missing = sorted(set(model.state_dict()) - set(ours))
   if missing:
     raise InputError(f'the diffusers weights in {path} leave {missing[0]} (and {len(missing) - 1} more) unset')
@@ -286,20 +291,65 @@ def scheduler_config(config):
           'variance_type': 'fixed_small', 'clip_sample': True, 'prediction_type': 'epsilon'}
 
 
-def export(model, config, folder):
+EXPORT_INFO = 'export_info.json'  # beside model_index.json: which checkpoint step the folder holds, and its sha256
+
+
+def exported_step(folder):
+  """The checkpoint step of an earlier export in ``folder`` (export_info.json), 'unknown' for a diffusers folder
+  without that record, or None when the folder holds no UNet weights."""
+  try:
+    unet_folder(folder)
+  except FileNotFoundError:
+    return None
+  info = io_util.load_json(os.path.join(folder, EXPORT_INFO), {})
+  return info.get('checkpoint_step', 'unknown')
+
+
+def export(model, config, folder, step=0):
   """Writes ``folder`` as DDPMPipeline.save_pretrained does: model_index.json, unet/{config.json,
-  diffusion_pytorch_model.safetensors} and scheduler/scheduler_config.json. Each file is written atomically."""
+  diffusion_pytorch_model.safetensors} and scheduler/scheduler_config.json, plus export_info.json (step, sha256
+  of the weights) and a model card README.md. Each file is written atomically; the weights are float32."""
   from safetensors.torch import save
   unet_cfg, sched_cfg = unet_config(config), scheduler_config(config)
-  tensors = to_diffusers({k: v.detach().cpu() for k, v in model.state_dict().items()}, config)
-  io_util.atomic_write(os.path.join(folder, 'unet', WEIGHT_FILES[0]),
-                       lambda f: f.write(save(tensors, metadata={'format': 'pt'})))
+  tensors = to_diffusers({k: v.detach().float().cpu() for k, v in model.state_dict().items()}, config)
+  weights = os.path.join(folder, 'unet', WEIGHT_FILES[0])
+  io_util.atomic_write(weights, lambda f: f.write(save(tensors, metadata={'format': 'pt'})))
   io_util.save_json(unet_cfg, os.path.join(folder, 'unet', 'config.json'))
   io_util.save_json(sched_cfg, os.path.join(folder, 'scheduler', 'scheduler_config.json'))
   io_util.save_json({'_class_name': 'DDPMPipeline', '_diffusers_version': _diffusers_version(),
                      'scheduler': ['diffusers', 'DDPMScheduler'], 'unet': ['diffusers', 'UNet2DModel']},
                     os.path.join(folder, 'model_index.json'))
+  info = dict(checkpoint_step=int(step), weights_sha256=io_util.file_sha256(weights),
+              num_parameters=int(sum(v.numel() for v in tensors.values())), dataset=config.data.dataset,
+              image_size=int(config.data.image_size), num_channels=int(config.data.num_channels))
+  io_util.save_json(info, os.path.join(folder, EXPORT_INFO))
+  io_util.write_text(os.path.join(folder, 'README.md'), model_card(config, info))
   return folder
+
+
+def model_card(config, info):
+  """A short model card (markdown): data, architecture, training recipe, schedule, weights sha256 and how to load."""
+  m, t, o, d = config.model, config.training, config.optim, config.data
+  rows = [('data', f'{d.dataset}, {d.num_channels}x{d.image_size}x{d.image_size}, '
+                   f'{"centred to [-1, 1]" if d.centered else "[0, 1]"}'),
+          ('U-Net', f'DDPM (Ho et al. 2020) \'ssb\' variant: nf {m.nf}, ch_mult {tuple(m.ch_mult)}, '
+                    f'{m.num_res_blocks} ResBlock(s) per level, attention at {tuple(m.attn_resolutions)}, '
+                    f'{m.num_groups} GroupNorm groups, {info["num_parameters"]:,} parameters'),
+          ('training', f'{info["checkpoint_step"]:,} steps at batch {t.batch_size}, {o.optimizer} lr {o.lr:g} '
+                       f'(warm-up {o.warmup}), grad clip {o.grad_clip:g}, EMA {m.ema_rate}, precision {t.precision}, '
+                       f'seed {config.seed}'),
+          ('schedule', f'linear betas {m.beta_min / m.num_scales:g} to {m.beta_max / m.num_scales:g}, '
+                       f'T = {m.num_scales}, eps prediction'),
+          ('weights', f'the EMA weights, float32, unet/{WEIGHT_FILES[0]}, sha256 {info["weights_sha256"]}')]
+  table = io_util.markdown_table(['', 'this model'], rows)
+  return (f'# DDPM on {d.dataset} ({d.image_size}x{d.image_size})\n\n'
+          'A diffusers `DDPMPipeline` folder written by `python main.py --mode=export_diffusers` of ssb-diffusion '
+          '(the EMA weights of one training checkpoint).\n\n' + table +
+          '\n## Load it\n\n```python\nfrom diffusers import DDPMPipeline, DDIMScheduler\n'
+          'pipe = DDPMPipeline.from_pretrained(FOLDER); pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)\n'
+          'images = pipe(batch_size=16, num_inference_steps=100).images\n```\n\n'
+          'In ssb-diffusion: `--config.model.pretrained=FOLDER` with the data set\'s config (every sampler, the '
+          'Gaussian late start, the eval sweep).\n')
 
 
 def _diffusers_version():

@@ -7,13 +7,14 @@ import copy
 import functools
 import os
 import pickle
+import re
 import zipfile
 
 import torch
 
 import dist_util
 import io_util
-from errors import InputError
+from errors import InputError, one_line
 from models import ddpm
 
 MODELS = {'ddpm': ddpm.DDPM}  # config.model.name -> class
@@ -21,6 +22,9 @@ MODELS = {'ddpm': ddpm.DDPM}  # config.model.name -> class
 
 class CheckpointError(InputError):
   """A checkpoint file is missing, corrupt, or does not fit the model."""
+
+
+_NOT_A_CHECKPOINT = 'not a checkpoint (damaged or not a torch file); delete it or use an older one'
 
 
 def get_model(name):
@@ -56,21 +60,29 @@ def save_checkpoint(path, model, ema, optimizer, step):
 
 
 def _read(path, map_location):
-  """torch.load a checkpoint dict, turning every failure into a CheckpointError."""
+  """torch.load a checkpoint dict (weights only), turning every failure into a one-line CheckpointError.
+
+  torch's own text is never passed on: it advises loading with weights_only=False, which runs whatever code the
+  file holds."""
   if not os.path.isfile(path):
     raise CheckpointError(f'checkpoint file not found: {path}')
   try:
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
   except pickle.UnpicklingError as e:
-    if 'weights only' in str(e).lower():
-      raise CheckpointError(f'{path} holds objects other than tensors and plain Python values, so it is not '
-                            f'a checkpoint in the score_sde layout; refusing to unpickle it ({e})') from e
-    raise CheckpointError(f'checkpoint {path} is corrupt or truncated; delete it or use an older one ({e})') from e
-  # junk bytes that are not a zip reach the weights-only unpickler, which fails with IndexError or KeyError too
-  except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as e:
-    raise CheckpointError(f'checkpoint {path} is corrupt or truncated; delete it or use an older one ({e})') from e
+    found = re.search(r'GLOBAL (\S+)', str(e))  # the weights-only unpickler met a class or function
+    if found or 'must be imported to load' in str(e):
+      what = f' ({found.group(1)})' if found else ''
+      raise CheckpointError(f'{path} holds objects other than tensors{what}; refused (never loaded with '
+                            'weights_only=False): it is not a checkpoint in the score_sde layout') from None
+    raise CheckpointError(f'{path} is {_NOT_A_CHECKPOINT}') from None
+  except OSError as e:  # the file itself cannot be read (permissions, I/O error)
+    raise CheckpointError(f'cannot read checkpoint {path}: {e.strerror or one_line(e)}') from None
+  # bytes that are not a torch file (or a truncated one): torch's zip reader raises RuntimeError, junk reaching
+  # the weights-only unpickler EOFError, IndexError, KeyError, ValueError, ...
+  except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, IndexError, KeyError):
+    raise CheckpointError(f'{path} is {_NOT_A_CHECKPOINT}') from None
   if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
-    found = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
+    found = sorted(map(str, ckpt))[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
     raise CheckpointError(f'{path} is not a checkpoint in the score_sde layout (a dict with "model", "ema", '
                           f'"optimizer", "step"); found {found}')
   return ckpt

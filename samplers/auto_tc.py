@@ -23,15 +23,13 @@ takes the candidate t_c with the smallest sum:
 
 The rule has no free constant. What it cannot see: a network whose high-noise eps is worse than the Gaussian's
 (the late start then gains more than the rule credits), and the solver's extra error on the non-Gaussian part of
-the path below t_c. Stochastic samplers are judged by the ODE sampler of the same grid (``DETERMINISTIC_PROXY``).
+the path below t_c. Stochastic samplers are judged by the ODE sampler of the same grid (their record's ``proxy``,
+samplers.SAMPLERS).
 """
 import math
 
 import numpy as np
 import torch
-
-DETERMINISTIC_PROXY = {'ddpm': 'ddim'}
-
 
 def candidates(T, num_steps, stride):
   """The candidate t_c: multiples of ``stride`` in [stride, T-1) that leave room for n distinct steps, and T-1
@@ -103,7 +101,17 @@ def solver_kl(sampler, options, schedule, late_start, timesteps, vanilla, phi=0.
   """
   mean, lam, vecs = _fit(late_start)
   lam, m = lam.clamp(min=noise_floor(schedule)), vecs.T @ mean  # in the eigenbasis
+  out_mean, out_var, exact_var = output_moments(sampler, options, schedule, m, lam, timesteps, vanilla)
+  out_var, exact_var = out_var + phi, exact_var + phi
+  kl = 0.5 * (out_var / exact_var + (out_mean - m) ** 2 / exact_var - 1 + torch.log(exact_var / out_var))
+  return float(kl.sum())
 
+
+def output_moments(sampler, options, schedule, m, lam, timesteps, vanilla):
+  """(out_mean, out_var, exact_var), each (D,) float64 in the eigenbasis, of a deterministic sampler run on Gaussian
+  data N(m, diag(lam)) with its exact eps: the sampler is affine there, so two runs (from 0 and from 1) give its
+  gain and offset per direction. The start is N(0, I) (vanilla) or the exact noised data at timesteps[0]; the exact
+  output is the last step's x0-prediction from the exact x_0 state (variance a0 lam^2 / (a0 lam + 1 - a0))."""
   def eps_fn(x, t):
     a = float(schedule.alpha_bar(float(t)))  # PNDM evaluates between grid points
     return math.sqrt(1 - a) * (x - math.sqrt(a) * m) / (a * lam + 1 - a)
@@ -113,11 +121,8 @@ def solver_kl(sampler, options, schedule, late_start, timesteps, vanilla, phi=0.
   a = float(schedule.alpha_bar(int(timesteps[0])))
   start_mean, start_var = (torch.zeros_like(m), torch.ones_like(m)) if vanilla else (math.sqrt(a) * m,
                                                                                       a * lam + 1 - a)
-  out_mean, out_var = gain * start_mean + offset, gain ** 2 * start_var + phi
   a0 = float(schedule.alpha_bar(0))
-  exact_var = a0 * lam ** 2 / (a0 * lam + 1 - a0) + phi
-  kl = 0.5 * (out_var / exact_var + (out_mean - m) ** 2 / exact_var - 1 + torch.log(exact_var / out_var))
-  return float(kl.sum())
+  return gain * start_mean + offset, gain ** 2 * start_var, a0 * lam ** 2 / (a0 * lam + 1 - a0)
 
 
 def choose(total):

@@ -1,5 +1,6 @@
 """The Gaussian late start for diffusers users: a diffusers UNet2DModel and scheduler, the moments file written here
-(--mode=gauss_stats), t_c and n -> samples (README, "The late start in a diffusers loop"; docs/late_start.md).
+(--mode=gauss_stats), t_c and n -> samples (docs/checkpoints.md, "The late start in a diffusers loop";
+docs/late_start.md).
 
 The start is the Gaussian that the data's mean and covariance become at t_c under the forward process (SSB paper,
 Sec. 6: x_{t_c} ~ N(sqrt(a) mu, a Sigma + (1 - a) I), a = alpha_bar(t_c)), drawn by this code base's

@@ -1,4 +1,5 @@
-"""Initial states x_init for the samplers (docs/late_start.md); run_lib imports this, samplers never do.
+"""Initial states x_init for the samplers (docs/late_start.md); late_start.py fits them to a config's data, and the
+samplers never import this.
 
 * StandardNormal(shape, t_start): the vanilla start z ~ N(0, I).
 * GaussianLateStart: the Gaussian late start (gls) at t_c = t_start, matching the noised data
@@ -27,7 +28,7 @@ import rng
 from errors import InputError, one_line
 from moments import RunningMoments
 
-# The late start's choices, one list each (configs.validation and sampling.build_initialiser read them):
+# The late start's choices, one list each (configs.validation and late_start.build_initialiser read them):
 INITS = ('normal', 'gls')  # sampling.init: N(0, I) at t_start, or the Gaussian fitted to the data
 GLS_FITS = ('exact', 'monte_carlo')  # sampling.gls_fit: data moments pushed through q, or the paper's one-draw fit
 GLS_DTYPES = {'float32': torch.float32, 'float64': torch.float64}  # sampling.gls_dtype of the fit's linear algebra

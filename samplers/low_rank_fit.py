@@ -14,7 +14,7 @@ the products (X_c A = X A - 1 (mu^T A)), so the first pass also gives the mean a
 """
 import torch
 
-# Above this many bytes for a float64 (D x D) covariance the late start is fitted here (sampling.late_start_moments).
+# Above this many bytes for a float64 (D x D) covariance the late start is fitted here (late_start.late_start_moments).
 FULL_COVARIANCE_MAX_BYTES = 2 * 1024 ** 3  # D = 16,384; 64x64x3 = 12,288 still takes the full fit
 
 

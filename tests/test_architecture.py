@@ -10,9 +10,9 @@ from conftest import ROOT
 LAYERS = [
     ('main', 7),
     ('eval_lib', 6), ('experiments', 6),
-    ('run_lib', 5),
+    ('run_lib', 5), ('sample_lib', 5),
     ('sampling', 4),
-    ('analysis', 3), ('configs.validation', 3),
+    ('analysis', 3), ('configs.validation', 3), ('late_start', 3),
     ('datasets', 2), ('evaluation', 2), ('fid_backend', 2),
     ('data_files', 1), ('inception_weights', 1), ('workdir', 1), ('dist_util', 1), ('configs', 1), ('models', 1),
     ('samplers', 1), ('losses', 1),
@@ -45,6 +45,8 @@ def _imports(path, modules):
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       names = [node.module] + [f'{node.module}.{a.name}' for a in node.names]
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ':' in node.value:
+      names = [node.value.split(':')[0]]  # 'module:function', as main.MODES names what it imports by string
     found.update(n for n in names if n in modules)
   return found
 
@@ -78,3 +80,12 @@ def test_no_import_cycles():
     if m not in state:
       visit(m, [m])
   assert cycles == []
+
+
+def test_the_mode_table_is_seen_as_imports():
+  """main.py picks each mode's function from a 'module:function' string: those arrows are part of the graph."""
+  import main
+  modules = _modules()
+  targets = {target.split(':')[0] for _, target, _ in main.MODES.values()}
+  assert targets <= _imports(os.path.join(ROOT, 'main.py'), modules)
+  assert {'run_lib', 'sample_lib', 'eval_lib', 'experiments.ssb', 'experiments.gen'} <= targets

@@ -10,6 +10,7 @@ import torch
 
 import eval_lib
 import sampling
+import sample_lib
 import sde_lib
 from samplers import auto_tc
 
@@ -112,12 +113,12 @@ def test_solver_kl_equals_the_kl_of_the_sampler_run_on_many_gaussian_draws(metho
   fit = _late_start(mean, cov, shape=(1, 4, 4))
   timesteps = grids.make_grid('late_start', n, t_c, 1000)
   vanilla = t_c == 999
-  kl = auto_tc.solver_kl(samplers.SAMPLERS[method], {}, SCHEDULE, fit, timesteps, vanilla=vanilla)
+  kl = auto_tc.solver_kl(samplers.get_sampler(method), {}, SCHEDULE, fit, timesteps, vanilla=vanilla)
   gen = torch.Generator().manual_seed(4)
   x_init = (torch.randn(40000, 1, 4, 4, generator=gen, dtype=torch.float64) if vanilla
             else fit.at(t_c).sample(40000, gen))
   eps_fn = lambda x, t: auto_tc.gaussian_eps(fit, SCHEDULE, x, t).reshape(x.shape)  # noqa: E731
-  out = samplers.SAMPLERS[method](eps_fn, SCHEDULE, x_init, timesteps).reshape(40000, -1)
+  out = samplers.get_sampler(method)(eps_fn, SCHEDULE, x_init, timesteps).reshape(40000, -1)
   a0, lam = float(SCHEDULE.alpha_bar(0)), fit.eigvals.double()
   empirical = _empirical_kl(out, torch.as_tensor(mean), a0 * lam ** 2 / (a0 * lam + 1 - a0), fit.eigvecs.double())
   assert kl > 0.1 and kl == pytest.approx(empirical, rel=0.05, abs=0.01), (kl, empirical)
@@ -222,12 +223,12 @@ def test_sample_mode_with_auto_writes_the_choice_beside_the_samples(trained, tmp
   config, workdir = trained
   config.sampling.method, config.sampling.num_steps, config.sampling.init = 'ddim', 3, 'gls'
   config.sampling.t_start = 'auto'
-  path = sampling.sample(config, workdir, sample_out=str(tmp_path / 'x.npz'))
+  path = sample_lib.sample(config, workdir, sample_out=str(tmp_path / 'x.npz'))
   with np.load(path) as f:
     choice, timesteps = json.loads(str(f['auto_tc'])), tuple(f['timesteps'])
   assert timesteps[0] == choice['t_start'] in (250, 500, 750, 999) and len(timesteps) == 3
   assert sorted(map(int, choice['total'])) == [250, 500, 750, 999] and choice['network_calls'] == 8 * 4
-  again = sampling.sample(config, workdir, sample_out=str(tmp_path / 'y.npz'))
+  again = sample_lib.sample(config, workdir, sample_out=str(tmp_path / 'y.npz'))
   np.testing.assert_array_equal(np.load(again)['samples'], np.load(path)['samples'])
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import datasets
-from configs.validation import ConfigError, check_override_fields, validate_config
+from configs.validation import ConfigError, check_override_fields, load_config_file, validate_config
 from conftest import HANG_GUARD_S, ROOT
 from models import utils as mutils
 
@@ -40,7 +40,12 @@ def _published_folder(config, folder):
 @pytest.mark.parametrize('name', CONFIGS)
 def test_every_config_validates_builds_and_matches_its_data(name, tmp_path):
   config = importlib.import_module(f'configs.ddpm.{name}').get_config()
-  if config.model.pretrained:  # the config must describe the published model it is written for
+  shipped = os.path.join(ROOT, config.model.pretrained) if config.model.pretrained.startswith('assets/') else ''
+  if shipped:  # a model of this repository (assets/models): the config must describe it
+    if not os.path.isdir(shipped):
+      pytest.skip(f'{config.model.pretrained} is not in the repository yet (see its config file)')
+    config.model.pretrained = shipped
+  elif config.model.pretrained:  # the config must describe the published model it is written for
     config.model.pretrained = _published_folder(config, tmp_path / 'pretrained')
   validate_config(config)
   d = config.data
@@ -127,10 +132,10 @@ def test_auto_t_start_needs_the_late_start_grid():
     validate_config(config)
   config.sampling.grid = 'late_start'
   validate_config(config)
-  config.eval.t_starts, config.eval.grid = ('auto', 400), 'quad'
-  with pytest.raises(ConfigError, match="'auto' needs eval.grid=late_start"):
+  config.eval.t_starts, config.eval.grids = ('auto', 400), ('quad',)
+  with pytest.raises(ConfigError, match="'auto' needs eval.grids=\\('late_start',\\)"):
     validate_config(config)
-  config.eval.grid, config.sampling.gls_rank = 'late_start', 16
+  config.eval.grids, config.sampling.gls_rank = ('late_start',), 16
   with pytest.raises(ConfigError, match="'auto' needs the full-covariance late start"):
     validate_config(config)
 
@@ -150,6 +155,20 @@ def test_unknown_override_field_lists_known_fields():
   with pytest.raises(ConfigError, match="config has no field 'trainig'"):
     check_override_fields(digits.get_config(), ['--config.trainig.batch_size=3'])
   check_override_fields(digits.get_config(), ['--config.training.batch_size=3', '--workdir=x'])
+
+
+def test_load_config_file_refuses_files_that_are_not_config_files(tmp_path):
+  """What --config loads: any file name; ConfigError, one line naming the file, for a file that is not one."""
+  assert load_config_file('configs/ddpm/digits.py').data.dataset == 'DIGITS'
+  for name, text, match in (('a.py', 'x = 1\n', 'defines no get_config'),
+                            ('b.yaml', 'data: {a: 1\n', 'is not Python'),
+                            ('c.bin', '\x00\x01binary', 'is not Python'),
+                            ('d.py', 'def get_config():\n  return 3\n', 'returned int, not a ConfigDict')):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as err:
+      load_config_file(str(path))
+    assert str(path) in str(err.value) and '\n' not in str(err.value)
 
 
 def _main(*args):
@@ -213,3 +232,39 @@ def test_validation_accepts_every_registered_choice_and_nothing_else(field, choi
   config[section][name] = 'no-such-choice'
   with pytest.raises(validation.ConfigError, match=rf'config\.{field}=.*no-such-choice'):
     validation.validate_config(config)
+
+
+@pytest.mark.parametrize('overrides,words', [
+    (['--config.eval.t_starts=(200,200)'], ['eval.t_starts', 'more than once']),
+    (['--config.eval.t_starts=(200,)', '--config.eval.t_starts=(200,400)'], ['eval.t_starts', 'more than once',
+                                                                            'joined']),
+    (["--config.eval.methods=('ddim','ddim')"], ['eval.methods', "'ddim'", 'more than once']),
+    (['--config.eval.num_steps=(3,5,3)'], ['eval.num_steps', 'more than once']),
+    (['--config.eval.t_starts=(0,)', '--config.eval.num_steps=(2,)'], ['t_c=0', 'n=2', 'n <= t_c + 1']),
+])
+def test_sweep_requests_that_repeat_or_drop_cells_are_one_line(tmp_path, overrides, words):
+  """A cell asked for twice would run twice; a t_c below n - 1 would silently give no cell: both are refused."""
+  cmd = [sys.executable, 'main.py', '--config=configs/ddpm/digits.py', f'--workdir={tmp_path / "w"}', '--mode=eval',
+         *overrides]
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                        env=dict(os.environ, OMP_NUM_THREADS='1'))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith('error: '), proc.stderr[-2000:]
+  assert all(w in lines[0] for w in words), lines[0]
+  assert not (tmp_path / 'w' / 'eval').exists()
+
+
+def test_eval_cells_restricts_the_product_and_names_a_bad_entry():
+  import eval_lib
+  from configs.ddpm import digits
+  config = digits.get_config()
+  config.eval.methods, config.eval.num_steps, config.eval.t_starts = ('ddim', 'pndm'), (3, 5), (400,)
+  config.eval.cells = ('ddim:5', 'pndm:3')
+  validate_config(config)
+  assert [c['key'] for c in eval_lib.sweep_cells(config)] == [
+      'ddim_n5_normal_tc999_late_start', 'ddim_n5_gls_tc400_late_start', 'pndm_n3_normal_tc999_late_start',
+      'pndm_n3_gls_tc400_late_start']
+  for bad in (('ddim:10',), ('unipc:3',), ('ddim3',)):
+    config.eval.cells = bad
+    with pytest.raises(ConfigError, match='eval.cells'):
+      validate_config(config)

@@ -81,6 +81,50 @@ def test_missing_dataset_names_path_and_files(tmp_path, module, files):
   assert all(f in msg for f in files)
 
 
+MNIST_FILES = ['train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte',
+               't10k-labels-idx1-ubyte']
+CIFAR_FILES = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch', 'batches.meta']
+IMAGENET_FILES = [f'train_data_batch_{i}.npz' for i in range(1, 11)] + ['val_data.npz']
+
+
+@pytest.mark.parametrize('split', ['train', 'eval'])
+@pytest.mark.parametrize('module,files', [(mnist, MNIST_FILES), (cifar10, CIFAR_FILES),
+                                          (imagenet64, IMAGENET_FILES)])
+def test_a_missing_folder_lists_every_missing_file_of_both_splits(tmp_path, module, files, split):
+  """Whichever split is read first (the eval split, by training's held-out loss), the error lists the training and
+  the held-out files, so one download fixes the run."""
+  with pytest.raises(datasets.DatasetNotFoundError) as err:
+    datasets.get_dataset(_config(module, tmp_path / 'nowhere'), split)
+  assert err.value.files == files and all(f in str(err.value) for f in files)
+
+
+def test_only_the_missing_files_are_listed(tmp_path):
+  """A folder with the training files but no held-out ones: training reads, the eval split names only its files."""
+  write_mnist(tmp_path)
+  for name in MNIST_FILES[2:]:
+    (tmp_path / 'MNIST' / 'raw' / f'{name}.gz').unlink()
+  config = _config(mnist, tmp_path)
+  assert len(datasets.get_dataset(config, 'train')) == 5
+  with pytest.raises(datasets.DatasetNotFoundError) as err:
+    datasets.get_dataset(config, 'eval')
+  assert err.value.files == MNIST_FILES[2:] and 'train-images' not in str(err.value)
+
+
+def test_a_missing_data_set_is_one_line_on_the_command_line(tmp_path):
+  """--mode=train on CIFAR-10 with an empty data.root: one 'error:' line naming all seven files."""
+  import os
+  import subprocess
+  import sys
+  from conftest import HANG_GUARD_S, ROOT
+  cmd = [sys.executable, 'main.py', '--config=configs/ddpm/cifar10.py', f'--workdir={tmp_path / "w"}',
+         '--mode=train', f'--config.data.root={tmp_path / "nowhere"}']
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                        env=dict(os.environ, OMP_NUM_THREADS='1'))
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
+  assert errors[0].startswith('error: DatasetNotFoundError: ') and all(f in errors[0] for f in CIFAR_FILES)
+
+
 def test_celeba_missing_images(tmp_path):
   write_celeba(tmp_path)
   for f in (tmp_path / 'img_align_celeba').iterdir():

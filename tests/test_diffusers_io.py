@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import sampling
+import sample_lib
 from configs.validation import ConfigError, validate_config
 from errors import InputError
 from models import diffusers_io as dio
@@ -175,7 +175,7 @@ def test_sample_mode_runs_on_a_diffusers_folder_and_training_refuses_it(tmp_path
   config = _config_for(folder)
   config.sampling.num_samples, config.sampling.batch_size, config.sampling.num_steps = 4, 4, 3
   config.sampling.method = 'ddim'
-  path = sampling.sample(config, str(tmp_path / 'w'))
+  path = sample_lib.sample(config, str(tmp_path / 'w'))
   with np.load(path) as f:
     assert f['samples'].shape == (4, 3, 8, 8) and int(f['step']) == 0
   import run_lib
@@ -284,3 +284,26 @@ def test_eval_runs_end_to_end_at_256_with_a_rank_r_late_start(tmp_path, monkeypa
   assert sorted(r['init'] for r in results.values()) == ['gls', 'normal']
   assert all(np.isfinite(r['fid']) for r in results.values())
   assert os.path.exists(tmp_path / 'stats' / 'imagefolder_256_moments_r4.npz')
+
+
+def test_a_folder_with_non_finite_weights_is_refused_before_sampling(tmp_path):
+  """NaN weights would sample all-NaN images with exit 0; they are refused like a diverged workdir checkpoint."""
+  import shutil
+  import subprocess
+  import sys
+  from safetensors.torch import load_file, save_file
+  from conftest import HANG_GUARD_S, ROOT
+  folder = tmp_path / 'nan_model'
+  shutil.copytree(os.path.join(ROOT, 'assets', 'models', 'digits'), folder)
+  weights = folder / 'unet' / 'diffusion_pytorch_model.safetensors'
+  state = load_file(str(weights))
+  state['conv_out.weight'] = torch.full_like(state['conv_out.weight'], float('nan'))
+  save_file(state, str(weights), metadata={'format': 'pt'})
+  out = tmp_path / 's.npz'
+  cmd = [sys.executable, 'main.py', '--config=configs/ddpm/digits.py', f'--workdir={tmp_path / "w"}', '--mode=sample',
+         f'--config.model.pretrained={folder}', '--config.sampling.num_samples=4', f'--sample_out={out}']
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                        env=dict(os.environ, OMP_NUM_THREADS='1'))
+  lines = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+  assert proc.returncode != 0 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  assert 'non-finite' in lines[0] and 'conv_out.weight' in lines[0] and not out.exists()

@@ -31,7 +31,7 @@ def trained(tmp_path_factory, trained_workdir):
 
 def test_fid_stats_records_dataset_and_count(trained):
   config, _, stats = trained
-  ref = eval_lib.load_reference(config)  # checked against the weights hash and the data fingerprint
+  ref = evaluation.load_reference(config)  # checked against the weights hash and the data fingerprint
   assert ref['count'] == 32 and ref['feats'].shape == (32, 2048)
   assert ref['mu'].shape == (2048,) and ref['sigma'].shape == (2048, 2048)
   assert os.path.exists(wd.moments_path(config)) and stats == wd.fid_stats_path(config)
@@ -73,6 +73,91 @@ def test_sweep_writes_tables_plots_grids_and_resumes(trained, monkeypatch):
   eval_lib.evaluate(config, workdir)
   assert sorted(calls) == ['ddim_n3_gls_tc600_late_start', 'pndm_n3_gls_tc600_late_start']
   assert len(json.load(open(os.path.join(out, 'results.json')))) == 6
+
+
+def _csv(path):
+  import csv
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def _fresh_copy(workdir, dest):
+  """A copy of the trained workdir without the eval outputs of earlier tests."""
+  import shutil
+  work = copy_workdir(workdir, dest)
+  shutil.rmtree(os.path.join(work, 'eval'), ignore_errors=True)
+  return work
+
+
+def _counting(monkeypatch):
+  calls, real_run_cell = [], eval_lib.run_cell
+  monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell['key']) or
+                      real_run_cell(c, cell, ctx))
+  return calls
+
+
+def test_results_all_keeps_every_cell_of_the_checkpoint_and_states_the_precision(trained, tmp_path):
+  """A grid that replaces a t_c keeps the old cells in results_all.csv (in_plan False); every table says fp32."""
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.eval.methods, config.eval.t_starts = ('ddim',), (400,)
+  work = _fresh_copy(workdir, tmp_path / 'run')
+  eval_lib.evaluate(config, work)
+  config.eval.t_starts = (600,)
+  eval_lib.evaluate(config, work)
+  out = os.path.join(work, 'eval')
+  rows = {(r['init'], r['t_start']): r for r in _csv(os.path.join(out, 'results_all.csv'))}
+  assert set(rows) == {('normal', '999'), ('gls', '400'), ('gls', '600')}
+  assert [rows[k]['in_plan'] for k in (('normal', '999'), ('gls', '400'), ('gls', '600'))] == ['True', 'False', 'True']
+  assert {r['precision'] for r in rows.values()} == {'fp32'}
+  assert 'U-Net precision: fp32' in open(os.path.join(out, 'results.md')).read()
+  assert 'U-Net precision: fp32' in open(os.path.join(out, 'results_gain.md')).read()
+  assert {r['precision'] for r in _csv(os.path.join(out, 'results.csv')) if r['t_c']} == {'fp32'}
+
+
+def test_eval_grids_sweeps_every_cell_on_each_grid(trained, tmp_path):
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.eval.methods, config.eval.t_starts, config.eval.grids = ('ddim',), (400,), ('late_start', 'karras')
+  results = eval_lib.evaluate(config, _fresh_copy(workdir, tmp_path / 'run'))
+  assert sorted(results) == ['ddim_n3_gls_tc400_karras', 'ddim_n3_gls_tc400_late_start',
+                             'ddim_n3_normal_tc999_karras', 'ddim_n3_normal_tc999_late_start']
+  assert results['ddim_n3_gls_tc400_karras']['timesteps'][0] == 400  # a late start begins at t_c on every grid
+  assert results['ddim_n3_gls_tc400_karras']['timesteps'] != results['ddim_n3_gls_tc400_late_start']['timesteps']
+
+
+@pytest.mark.parametrize('damage', ['results_json', 'floor_json', 'truncated_npz', 'short_npz'])
+def test_a_damaged_cache_is_set_aside_and_recomputed(trained, tmp_path, monkeypatch, caplog, damage):
+  """A torn results.json / floor.json or a finished cell's damaged samples file is never trusted: it is renamed
+  aside with a warning and its cells are recomputed; no traceback."""
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.eval.methods, config.eval.t_starts = ('ddim',), (400,)
+  work = _fresh_copy(workdir, tmp_path / 'run')
+  first = eval_lib.evaluate(config, work)
+  out = os.path.join(work, 'eval')
+  npz = os.path.join(out, first['ddim_n3_gls_tc400_late_start']['samples'])
+  if damage in ('results_json', 'floor_json'):
+    name = 'results.json' if damage == 'results_json' else 'floor.json'
+    open(os.path.join(out, name), 'w').write('{"ddim_n3_normal_tc999_late_start": {"fi')
+  elif damage == 'truncated_npz':
+    data = open(npz, 'rb').read()
+    open(npz, 'wb').write(data[:len(data) // 2])
+  else:
+    np.savez(npz, samples=np.zeros((3, 1, 8, 8), np.float32), timesteps=np.arange(3))
+  calls = _counting(monkeypatch)
+  monkeypatch.setattr(eval_lib, 'floor_record', lambda c, ctx, real=eval_lib.floor_record: calls.append('floor') or
+                      real(c, ctx))
+  with caplog.at_level('WARNING'):
+    again = eval_lib.evaluate(config, work)
+  expected = {'results_json': ['ddim_n3_normal_tc999_late_start', 'ddim_n3_gls_tc400_late_start'],
+              'floor_json': ['floor'], 'truncated_npz': ['ddim_n3_gls_tc400_late_start'],
+              'short_npz': ['ddim_n3_gls_tc400_late_start']}[damage]
+  assert calls == expected
+  assert 'set aside' in caplog.text and any('.damaged-' in f for f in os.listdir(os.path.dirname(npz) if 'npz' in
+                                                                                damage else out))
+  for key, record in first.items():  # recomputed from the same seeds: the same numbers
+    assert again[key]['fid'] == pytest.approx(record['fid'], rel=1e-6)
 
 
 def test_changed_cells_are_recomputed_not_reused(trained, monkeypatch):

@@ -1,12 +1,15 @@
 """End-to-end: the memorization experiment and the Jacobian-rank curves on tiny runs."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 import run_lib
 from experiments import gen
-from conftest import tiny_digits_config
+from conftest import HANG_GUARD_S, ROOT, tiny_digits_config
 
 
 MEM_COLUMNS = ('gen_score', 'mem_score', 'knn_mem', 'rp_model_vs_optimal', 'optimal_mem_score', 'rp_a_vs_b',
@@ -189,3 +192,25 @@ def test_mem_score_of_a_samples_file(tmp_path):
   config.analysis.samples_file = str(tmp_path / 'missing.npz')
   with pytest.raises(FileNotFoundError, match='samples_file'):
     gen.mem_score(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('samples,words', [
+    (np.array([None, 1], dtype=object), ['array of Python objects']),  # would need unpickling
+    (np.zeros((2, 64)), ['float64 of shape (2, 64)']),
+    (np.full((2, 1, 8, 8), 255, np.uint8), ['range from 255.0 to 255.0']),
+])
+def test_mem_score_of_a_bad_samples_file_is_one_line(tmp_path, samples, words):
+  """--mode=mem_score on an npz whose "samples" is not numeric (N, C, H, W) in [0, 1] ends in one line naming the
+  file and what "samples" must be; nothing is scored or written."""
+  path = tmp_path / 'bad.npz'
+  np.savez(path, samples=samples)
+  workdir = tmp_path / 'w'
+  cmd = [sys.executable, 'main.py', '--config=configs/ddpm/digits.py', f'--workdir={workdir}', '--mode=mem_score',
+         f'--config.analysis.samples_file={path}']
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                        env=dict(os.environ, OMP_NUM_THREADS='1'))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and 'Traceback' not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith('error: InputError: ') and str(path) in lines[0], lines[0]
+  assert all(w in lines[0] for w in words + ['numeric array (N, C, H, W) in [0, 1]']), lines[0]
+  assert not list(workdir.glob('analysis/*'))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import run_lib
-import sampling
+from models import checkpoints
 import sde_lib
 import workdir as wd
 from configs import validation
@@ -169,7 +169,7 @@ def test_plain_checkpoints_resume_with_fast_paths(tmp_path, flags):
   # the eval fast paths on the trained run: bf16 + channels_last eps against the plain fp32 one
   x, t = _inputs(config)
   config.eval.precision = 'bf16'
-  eps_fast, step = sampling.load_eps_fn(config, str(tmp_path / 'run'), 'cpu')
+  eps_fast, step = checkpoints.load_eps_fn(config, str(tmp_path / 'run'), 'cpu')
   ema_plain = ExponentialMovingAverage(plain.parameters(), decay=0.999)
   mutils.load_checkpoint(wd.checkpoint_path(str(tmp_path / 'run'), 2), plain, ema_plain)
   ref = mutils.ema_eps_fn(plain, ema_plain)(x, t)

@@ -175,6 +175,6 @@ def test_every_sampler_runs_on_the_new_grids(method, kind):
   eps = _gaussian_eps(mu, s, schedule)
   timesteps = grids.make_grid(kind, 10, 999, T)
   gen = torch.Generator().manual_seed(1)
-  out = samplers.SAMPLERS[method](lambda x, t: calls.append(t) or eps(x, t), schedule, x, timesteps, generator=gen)
+  out = samplers.get_sampler(method)(lambda x, t: calls.append(t) or eps(x, t), schedule, x, timesteps, generator=gen)
   assert torch.isfinite(out).all() and len(calls) == samplers.nfe(method, 10)
   assert (out.mean(0) - mu).abs().max() < 0.15

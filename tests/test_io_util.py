@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import io_util
+from errors import InputError
 
 
 def _mode(path):
@@ -120,3 +121,43 @@ def test_a_refused_write_is_one_storage_error_naming_the_path_and_keeps_the_old_
 def test_other_write_errors_keep_their_type(tmp_path):
   with pytest.raises(ZeroDivisionError):
     io_util.atomic_write(str(tmp_path / 'x'), lambda f: 1 / 0)
+
+
+_FIX = 'it must hold "x", a numeric array'
+
+
+@pytest.mark.parametrize('kind,match', [
+    ('object_array', "'x' is an array of Python objects \\(dtype object\\), which is never unpickled"),
+    ('missing_key', "has no 'x' array \\(it holds \\['y'\\]\\)"),
+    ('pickle', 'is not an npz file'),
+    ('truncated', 'is not a readable npz .*damaged or truncated'),
+    ('npy', 'is a single .npy array, not an npz'),
+])
+def test_load_npz_refuses_what_it_cannot_read_in_one_line(tmp_path, kind, match):
+  """Every npz the readers take is read without unpickling; what cannot be read is one InputError naming the file
+  and what it must hold, and never numpy's advice to load it with allow_pickle."""
+  import pickle
+  path = tmp_path / 'f.npz'
+  if kind == 'object_array':
+    np.savez(path, x=np.array([None, 1], dtype=object))
+  elif kind == 'missing_key':
+    np.savez(path, y=np.zeros(3))
+  elif kind == 'pickle':
+    path.write_bytes(pickle.dumps({'x': 1}))
+  elif kind == 'truncated':
+    np.savez(path, x=np.zeros(100))
+    path.write_bytes(path.read_bytes()[:300])
+  else:
+    np.save(tmp_path / 'f.npy', np.zeros(3))
+    path = tmp_path / 'f.npy'
+  with pytest.raises(InputError, match=match) as err:
+    io_util.load_npz(str(path), ['x'], _FIX)
+  msg = str(err.value)
+  assert str(path) in msg and msg.endswith(_FIX) and '\n' not in msg and 'allow_pickle' not in msg, msg
+
+
+def test_load_npz_reads_the_keys(tmp_path):
+  path = tmp_path / 'f.npz'
+  np.savez(path, x=np.arange(3.0), y=np.array('text'), z=np.zeros(2))
+  out = io_util.load_npz(str(path), ['x', 'y'], _FIX)
+  assert sorted(out) == ['x', 'y'] and out['x'].tolist() == [0.0, 1.0, 2.0] and str(out['y']) == 'text'

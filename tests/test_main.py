@@ -48,6 +48,21 @@ def test_missing_config_file_is_one_line(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.parametrize('text,extra,words', [
+    ('x = 1\n', (), ['defines no get_config()']),  # a Python file that is not a config file
+    ('x = 1\n', ('--config.seed=3',), ['defines no get_config()']),  # with an override: the same line
+    ('training:\n  batch_size: 8\n', (), ['is not Python', 'SyntaxError, line 1']),  # YAML
+    ('def get_config():\n  return {"seed": 1}\n', (), ['returned dict, not a ConfigDict']),
+])
+def test_a_file_that_is_not_a_config_file_is_one_line(tmp_path, text, extra, words):
+  """--config=FILE whose FILE runs but defines no get_config (or is not Python at all) ends in one line naming the
+  file and what a config file is (absl alone printed a 33-line traceback); nothing is created."""
+  path = tmp_path / 'not_a_config.py'
+  path.write_text(text)
+  _one_line_error(_main(tmp_path / 'w', 'train', *extra, config=str(path)), str(path), *words, 'configs/ddpm/*.py')
+  assert not (tmp_path / 'w').exists()
+
+
 @pytest.mark.parametrize('kind', ['regular_file', 'under_a_file', 'read_only'])
 def test_unusable_workdir_is_one_line(tmp_path, unwritable_folder, kind):  # noqa: F811
   (tmp_path / 'file').write_text('not a folder')
@@ -111,7 +126,7 @@ def test_sample_and_eval_refuse_to_run_without_trained_weights(tiny_config, tmp_
   else:
     for path in workdir.glob('checkpoints*/*.pth'):
       path.write_bytes(b'a damaged file')
-    match = 'none of the 2 checkpoint file.*corrupt or truncated'
+    match = 'none of the 2 checkpoint file.*not a checkpoint \\(damaged or not a torch file\\)'
   tiny_config.eval.t_starts = ()
   monkeypatch.setattr(eval_lib, 'load_reference', lambda config: {})  # reach the weights without FID statistics
   monkeypatch.setattr(sampling, 'generate', lambda *a, **k: pytest.fail('sampled without trained weights'))
@@ -302,3 +317,64 @@ def test_signal_writes_the_current_step_and_resume_equals_an_uninterrupted_run(t
   assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr[-2000:] + straight.stderr[-2000:]
   (wa, sa), (wb, sb) = _ema_weights(tmp_path / 'a', 1), _ema_weights(tmp_path / 'b', 1)
   assert sa == sb == step + 2 and all(torch.equal(x, y) for x, y in zip(wa, wb))
+
+
+# A stand-in for a long mode, run through main.py's command line: eval_lib's stages are replaced by stubs (no model,
+# statistics or Inception needed), so the real signal path (handler, lock release, exit_all, exit status) runs.
+_STUB_RUN = """
+import json, os, runpy, sys, time
+sys.path.insert(0, os.getcwd())
+import eval_lib, run_lib
+import workdir as wd
+
+def evaluate(config, workdir):
+  path = os.path.join(wd.eval_dir(workdir), 'results.json')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  json.dump({'cell_a': {}, 'cell_b': {}}, open(path, 'w'))  # two finished cells on disk
+  print('sweeping', flush=True)
+  time.sleep(3600)
+
+eval_lib.evaluate, eval_lib.fid_stats, run_lib.train = evaluate, lambda *a: None, lambda *a: None
+sys.argv = ['main.py'] + sys.argv[1:]
+runpy.run_path('main.py', run_name='__main__')
+"""
+
+
+@pytest.mark.parametrize('mode', ['eval', 'all'])
+def test_sigterm_during_the_eval_sweep_is_one_line_naming_the_kept_cells(tmp_path, mode):
+  """SIGTERM in the eval sweep (--mode=eval, or --mode=all in its eval stage) ends with exit status 143 and one
+  'stopped:' line that counts the finished cells kept in results.json; the workdir locks are released."""
+  import signal
+  script = tmp_path / 'stub_run.py'
+  script.write_text(_STUB_RUN)
+  workdir = tmp_path / 'w'
+  cmd = [sys.executable, str(script), '--config=configs/ddpm/digits.py', f'--workdir={workdir}', f'--mode={mode}']
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+  assert proc.stdout.readline() == 'sweeping\n', proc.stderr.read()[-3000:]
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=HANG_GUARD_S)
+  results = workdir / 'eval' / 'results.json'
+  assert proc.returncode == 143 and stderr.strip().splitlines() == [
+      f'stopped: SIGTERM during the eval sweep; 2 finished cells are kept in {results}; run the same command to '
+      'resume'], stderr[-3000:]
+  assert sorted(os.listdir(workdir)) == ['eval']  # no lock left behind
+
+
+def test_a_signal_in_any_other_mode_is_a_preempted_line(tiny_config, tmp_path, monkeypatch):
+  """Every mode, not only training and the sweep: SIGINT in --mode=sample raises Preempted (exit status 130) with
+  one line; the previous handler comes back."""
+  import signal
+  import sampling
+  from errors import Preempted
+
+  def interrupted(config, workdir, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    pytest.fail('the signal did not stop the mode')
+
+  monkeypatch.setattr(sampling, 'sample', interrupted)
+  before = signal.getsignal(signal.SIGINT)
+  with pytest.raises(Preempted) as err:
+    main.run_mode('sample', tiny_config, str(tmp_path / 'w'), sample_out=None)
+  assert str(err.value).startswith('SIGINT during --mode=sample;') and 'run the same command again' in str(err.value)
+  assert err.value.exit_code == 130 and '\n' not in str(err.value) and signal.getsignal(signal.SIGINT) is before

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import run_lib
-import sampling
+import sample_lib
 from models import utils as mutils
 from conftest import ROOT
 
@@ -174,7 +174,7 @@ def test_a_diverged_run_keeps_a_finite_checkpoint_that_samples(tiny_config, tmp_
     step, model, ema = _weights(path)
     assert step == 10 and all(torch.isfinite(v).all() for v in model.values())
     assert all(torch.isfinite(v).all() for v in ema)
-  out = sampling.sample(tiny_config, workdir, sample_out=str(tmp_path / 'samples.npz'))
+  out = sample_lib.sample(tiny_config, workdir, sample_out=str(tmp_path / 'samples.npz'))
   with np.load(out) as f:
     assert int(f['step']) == 10 and np.isfinite(f['samples']).all()
 

@@ -1,5 +1,6 @@
 """Samplers and grids against closed forms (exact eps of Gaussian and two-point data)."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -438,3 +439,47 @@ def test_fpndm_second_order_on_equal_steps():
   errs = [gaussian.ode_error(samplers.pndm, SCHED, n, variant='f-pndm') for n in ns]
   slope = -np.polyfit(np.log(ns), np.log(errs), 1)[0]
   assert abs(slope - 2) < 0.35, f'errors {errs}, measured order {slope:.2f}'
+
+
+# ------------------------------------------------------------------------------------------ the registry
+def _toy(eps_fn, schedule, x_init, timesteps, *, generator=None, callback=None, scale=1.0):
+  """A one-call sampler for the registry test: x0 predicted at the grid's first time, times ``scale``."""
+  t = timesteps[0]
+  return scale * schedule.x0_from_eps(x_init, t, eps_fn(x_init, t))
+
+
+def test_a_sampler_is_one_registry_entry_through_sample_and_eval(tmp_path, trained_workdir, monkeypatch):
+  """Registering a record is all a new sampler needs: validation, the plan (options from config.sampling, its NFE
+  rule), --mode=sample's file name, the eval sweep and its tables pick it up."""
+  import eval_lib
+  import sample_lib
+  import sampling
+  from configs.validation import validate_config
+  from conftest import TRAINED_OVERRIDES, copy_workdir, tiny_digits_config
+  monkeypatch.setitem(samplers.SAMPLERS, 'toy', samplers.Sampler(
+      _toy, 'Toy', nfe=lambda n, **options: 1, options=lambda s: {'scale': 0.5}))
+  config = tiny_digits_config(tmp_path, **TRAINED_OVERRIDES)
+  config.sampling.method, config.sampling.num_steps = 'toy', 3
+  config.eval.methods, config.eval.num_steps, config.eval.t_starts = ('ddim', 'toy'), (3,), (400,)
+  config.eval.kid_subset_size = 8
+  validate_config(config)
+  workdir = copy_workdir(trained_workdir, tmp_path / 'run')
+  plan = sampling.check_plan(config)
+  assert plan.nfe == 1 and plan.options == {'scale': 0.5} and plan.sampler is _toy
+  path = sample_lib.sample(config, workdir)
+  assert os.path.basename(path).startswith('toy_n3_') and 'scale0.5' in path
+  assert np.load(path)['samples'].shape == (8, 1, 8, 8)
+  eval_lib.fid_stats(config, workdir)
+  results = eval_lib.evaluate(config, workdir)
+  assert results['toy_n3_gls_tc400_late_start']['nfe'] == 1
+  table = open(os.path.join(workdir, 'eval', 'results.md')).read()
+  assert '| gls-DDIM | DDIM | gls-Toy | Toy |' in table
+
+
+def test_a_sampler_that_refuses_a_grid_says_so_in_one_line(tiny_config, monkeypatch):
+  import sampling
+  from errors import InputError
+  monkeypatch.setitem(samplers.SAMPLERS, 'toy', samplers.Sampler(_toy, 'Toy', grids=('late_start',)))
+  with pytest.raises(InputError, match='sampling.method=toy does not run on sampling.grid=karras'):
+    sampling.check_plan(tiny_config, 'toy', 3, 'normal', 999, 'karras')
+  assert sampling.check_plan(tiny_config, 'toy', 3, 'normal', 999, 'late_start').nfe == 3

@@ -8,6 +8,8 @@ import torch
 
 import main
 import sampling
+import late_start
+import sample_lib
 import sde_lib
 from errors import InputError
 from models import utils as mutils
@@ -108,15 +110,15 @@ def test_sample_mode_writes_npz_and_grid(trained, tmp_path):
   config.sampling.method, config.sampling.num_steps = 'ddim', 3
   config.sampling.init, config.sampling.t_start = 'gls', 500
   config.sampling.stats_dir = str(tmp_path / 'stats')
-  path = sampling.sample(config, workdir, sample_out=str(tmp_path / 'a' / 'x.npz'))
+  path = sample_lib.sample(config, workdir, sample_out=str(tmp_path / 'a' / 'x.npz'))
   x = np.load(path)['samples']
   assert x.shape == (8, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
   assert int(np.load(path)['step']) == 20 and tuple(np.load(path)['timesteps']) == (500, 250, 0)
   assert os.path.exists(path[:-4] + '.png')
   assert glob.glob(os.path.join(config.sampling.stats_dir, 'digits_8_moments.npz'))  # cached on first use
-  out = sampling.sample(config, workdir, sample_out=str(tmp_path / 'mine.npz'))
+  out = sample_lib.sample(config, workdir, sample_out=str(tmp_path / 'mine.npz'))
   np.testing.assert_array_equal(np.load(out)['samples'], x)  # seeded per sample: reproducible
-  assert sampling.sample(config, workdir).endswith('ddim_n3_late_start_gls_tc500_exact_step20_N8_seed42.npz')
+  assert sample_lib.sample(config, workdir).endswith('ddim_n3_late_start_gls_tc500_exact_step20_N8_seed42.npz')
 
 
 def test_sample_names_differ_for_every_setting_that_changes_the_samples(tiny_config):
@@ -154,7 +156,7 @@ def test_sample_refuses_random_weights(trained, tmp_path):
   config.model.variant = 'score_sde'
   out = tmp_path / 'x.npz'
   with pytest.raises(mutils.CheckpointError, match='model.variant=ssb'):
-    sampling.sample(config, workdir, sample_out=str(out))
+    sample_lib.sample(config, workdir, sample_out=str(out))
   assert not out.exists()
 
 
@@ -165,11 +167,11 @@ def test_sample_bad_inputs_fail_before_sampling(tiny_config, tmp_path):
     main.run_mode('sample', tiny_config, str(tmp_path))
   tiny_config.sampling.num_steps = 5
   with pytest.raises(FileNotFoundError, match='no checkpoint in'):
-    sampling.sample(tiny_config, str(tmp_path / 'empty'))
+    sample_lib.sample(tiny_config, str(tmp_path / 'empty'))
   tiny_config.sampling.init = 'gls'
   tiny_config.sampling.moments_file = str(tmp_path / 'nope.npz')
   with pytest.raises(FileNotFoundError, match='nope.npz'):
-    sampling.sample(tiny_config, str(tmp_path / 'empty'))
+    sample_lib.sample(tiny_config, str(tmp_path / 'empty'))
 
 
 def test_sample_checks_its_output_folder_before_work(trained, tmp_path, monkeypatch):
@@ -178,22 +180,84 @@ def test_sample_checks_its_output_folder_before_work(trained, tmp_path, monkeypa
   target.write_text('not a folder')
   monkeypatch.setattr(sampling, 'generate', lambda *a, **k: pytest.fail('sampled before checking the output'))
   with pytest.raises(InputError, match='is a file'):
-    sampling.sample(config, workdir, sample_out=str(target / 'x.npz'))
+    sample_lib.sample(config, workdir, sample_out=str(target / 'x.npz'))
 
 
 def test_moments_of_another_data_subset_are_refused(tiny_config):
   """Moments written with data.num_train=16 do not silently serve a run on the full training split."""
   from samplers.initialisers import MomentsError
   tiny_config.data.num_train = 16
-  sampling.write_moments(tiny_config)
-  assert sampling.late_start_moments(tiny_config)['count'] == 16
+  late_start.write_moments(tiny_config)
+  assert late_start.late_start_moments(tiny_config)['count'] == 16
   tiny_config.data.num_train = 0
   with pytest.raises(MomentsError, match='other data'):
-    sampling.late_start_moments(tiny_config)
+    late_start.late_start_moments(tiny_config)
 
 
 def test_moments_pass_checks_the_stats_dir_first(tiny_config, unwritable_folder):
   """A gls run whose moments must be computed into a read-only folder fails before the pass, naming the field."""
   tiny_config.sampling.stats_dir = str(unwritable_folder)
   with pytest.raises(InputError, match='sampling.stats_dir'):
-    sampling.late_start_moments(tiny_config)
+    late_start.late_start_moments(tiny_config)
+
+
+# ------------------------------------------------------------------------------------------ output files
+def _cli(tmp_path, *extra, mode='sample'):
+  """main.py on the shipped digits model (no training needed); returns the finished process."""
+  import subprocess
+  import sys
+  from conftest import HANG_GUARD_S, ROOT
+  cmd = [sys.executable, 'main.py', '--config=configs/ddpm/digits.py', f'--workdir={tmp_path / "w"}', f'--mode={mode}',
+         f'--config.model.pretrained={os.path.join(ROOT, "assets", "models", "digits")}',
+         '--config.sampling.num_samples=4', '--config.sampling.method=ddim', '--config.sampling.num_steps=3', *extra]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                        env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
+def _one_error_line(proc, *words):
+  lines = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+  assert proc.returncode != 0 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize('name', ['notes.py', 'samples', 'grid.png'])
+def test_sample_out_must_end_in_npz_and_nothing_is_touched(tmp_path, name):
+  target = tmp_path / name
+  target.write_text('print("mine")\n')
+  _one_error_line(_cli(tmp_path, f'--sample_out={target}'), '--sample_out', 'must end in .npz')
+  assert target.read_text() == 'print("mine")\n' and {p.name for p in tmp_path.iterdir()} <= {name, 'w'}
+
+
+def test_sample_out_refuses_to_replace_a_foreign_file_and_replaces_a_sample_file(tmp_path):
+  foreign = tmp_path / 'data.npz'
+  np.savez(foreign, weights=np.arange(3))
+  before = foreign.read_bytes()
+  _one_error_line(_cli(tmp_path, f'--sample_out={foreign}'), 'not a sample file', 'refusing')
+  assert foreign.read_bytes() == before
+  ours = tmp_path / 'ours.npz'
+  assert _cli(tmp_path, f'--sample_out={ours}').returncode == 0
+  proc = _cli(tmp_path, f'--sample_out={ours}', '--config.sampling.num_steps=5')
+  assert proc.returncode == 0 and 'will be replaced' in proc.stderr
+  assert tuple(np.load(ours)['timesteps']) == (999, 749, 499, 249, 0)
+
+
+def test_export_of_another_step_is_refused_unless_asked(trained):
+  """WORKDIR/diffusers holding the export of step k is not replaced by another step's without
+  sampling.export_replace; the same step is rewritten."""
+  import json
+  from models import diffusers_io
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  folder = sample_lib.export_diffusers(config, workdir)
+  assert diffusers_io.exported_step(folder) == 20
+  sample_lib.export_diffusers(config, workdir)  # the same step again: fine
+  info_path = os.path.join(folder, diffusers_io.EXPORT_INFO)
+  info = json.load(open(info_path))
+  json.dump(dict(info, checkpoint_step=10), open(info_path, 'w'))  # as if step 10 had been exported
+  weights = open(diffusers_io.weights_file(folder), 'rb').read()
+  with pytest.raises(InputError, match='holds the export of step 10, not of step 20.*export_replace=True'):
+    sample_lib.export_diffusers(config, workdir)
+  assert open(diffusers_io.weights_file(folder), 'rb').read() == weights
+  config.sampling.export_replace = True
+  sample_lib.export_diffusers(config, workdir)
+  assert diffusers_io.exported_step(folder) == 20

@@ -50,7 +50,7 @@ def test_solvers_equal_diffusers(fixtures_dir, solver):
       continue
     grid, ref = data[f'grid_{i}'].tolist(), torch.tensor(data[f'out_{i}']).double()
     counter = _Counter(_diag_eps_fn(mu, s))
-    out = samplers.SAMPLERS[solver](counter, SCHED, x_init.clone(), grid)
+    out = samplers.get_sampler(solver)(counter, SCHED, x_init.clone(), grid)
     rel = float((out - ref).abs().max() / ref.abs().max())
     assert rel < 2e-5, f'{solver} case {i} grid {grid}: relative difference {rel}'
     assert counter.calls == len(grid) == samplers.nfe(solver, len(grid))
@@ -71,7 +71,7 @@ def test_first_order_steps_are_ddim():
   x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
   ddim = samplers.ddim(_diag_eps_fn(mu, s), SCHED, x, [700, 0])
   for solver in SOLVERS:
-    torch.testing.assert_close(samplers.SAMPLERS[solver](_diag_eps_fn(mu, s), SCHED, x, [700, 0]), ddim,
+    torch.testing.assert_close(samplers.get_sampler(solver)(_diag_eps_fn(mu, s), SCHED, x, [700, 0]), ddim,
                                rtol=0, atol=1e-12)
 
 

