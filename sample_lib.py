@@ -16,7 +16,7 @@ import sampling
 import workdir as wd
 from errors import InputError
 from models import diffusers_io
-from models.checkpoints import load_ema_module, load_eps_fn
+from models import checkpoints
 
 
 def sample(config, workdir, sample_out=None):
@@ -31,7 +31,7 @@ def sample(config, workdir, sample_out=None):
   schedule = DDPMSchedule.from_config(config)
   auto = s.t_start == 'auto'  # chosen below, once the model is loaded; the grid is checked at T-1 until then
   sampling.check_plan(config, t_start=config.model.num_scales - 1 if auto else None)  # bad grids fail before any work
-  eps_fn, step = load_eps_fn(config, workdir, device)
+  eps_fn, step = checkpoints.load_eps_fn(config, workdir, device)
   extra = {}
   if auto:
     choice = sampling.choose_t_start(config, schedule, eps_fn, s.method, s.num_steps, device=device)
@@ -98,7 +98,7 @@ def export_diffusers(config, workdir):
   diffusers_io.unet_config(config)  # a model diffusers cannot express is refused before anything is loaded
   folder = wd.diffusers_dir(workdir)
   wd.ensure_writable(folder, 'the export folder')
-  model, step = load_ema_module(config, workdir, 'cpu')
+  model, step = checkpoints.load_ema_module(config, workdir, 'cpu')
   earlier = diffusers_io.exported_step(folder)
   if earlier not in (None, step):
     if not config.sampling.export_replace:

@@ -32,6 +32,7 @@ SMOKE = {
     'bench_peer_samplers.py': (True, '| PLMS | PNDMScheduler(skip_prk_steps=True) |'),
     'bench_peer_unet.py': (True, 'same per-tensor sizes: True'),
     'bench_karras_rounding.py': (True, '| 5 | 999, 843, 593, 142, 0 |'),
+    'bench_pndm_steps.py': (False, '| vanilla (from 999) | 10 | F-PNDM |'),
     'bench_gaussian_opt.py': (False, '| ddim | 3 | vanilla |'),
 }
 # Scripts without a --smoke flag yet (not run here); a new script must be added to one of the two lists.

@@ -88,8 +88,8 @@ def test_every_mode_checks_its_output_folder_before_any_work(tiny_config, tmp_pa
   networks, so no expensive work is lost at the end."""
   import datasets
   import evaluation
-  import sampling
   from analysis import memorization as mem_lib
+  from models import checkpoints
   workdir = tmp_path / 'w'
   workdir.mkdir()
   for name in ('checkpoints', 'checkpoints-meta', 'eval', 'analysis', 'diffusers'):
@@ -97,7 +97,7 @@ def test_every_mode_checks_its_output_folder_before_any_work(tiny_config, tmp_pa
   blocked = tmp_path / 'file'
   blocked.write_text('a file, not a folder')
   tiny_config.sampling.stats_dir = str(blocked / 'stats')
-  for module, name in ((sampling, 'load_eps_fn'), (sampling, 'load_ema_module'), (datasets, 'get_dataset'),
+  for module, name in ((checkpoints, 'load_eps_fn'), (checkpoints, 'load_ema_module'), (datasets, 'get_dataset'),
                        (datasets, 'load_arrays'), (datasets, 'model_batches'), (run_lib, 'build_state'),
                        (evaluation, 'load_inception'), (mem_lib, 'load_feature_net')):
     monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f'--mode={mode} called {_name} '
@@ -114,7 +114,7 @@ def test_sample_and_eval_refuse_to_run_without_trained_weights(tiny_config, tmp_
   """With the default sampling.checkpoint=-1, a workdir whose checkpoints fit the other U-Net variant (or are all
   unreadable) stops --mode=sample / --mode=eval with the CheckpointError naming the cause; nothing is sampled
   from random weights and no output is written."""
-  import eval_lib
+  import evaluation
   import sampling
   from models import utils as mutils
   workdir = tmp_path / 'w'
@@ -128,7 +128,7 @@ def test_sample_and_eval_refuse_to_run_without_trained_weights(tiny_config, tmp_
       path.write_bytes(b'a damaged file')
     match = 'none of the 2 checkpoint file.*not a checkpoint \\(damaged or not a torch file\\)'
   tiny_config.eval.t_starts = ()
-  monkeypatch.setattr(eval_lib, 'load_reference', lambda config: {})  # reach the weights without FID statistics
+  monkeypatch.setattr(evaluation, 'load_reference', lambda config: {})  # reach the weights without FID statistics
   monkeypatch.setattr(sampling, 'generate', lambda *a, **k: pytest.fail('sampled without trained weights'))
   with pytest.raises(mutils.CheckpointError, match=match) as err:
     main.run_mode(mode, tiny_config, str(workdir))
@@ -365,14 +365,14 @@ def test_a_signal_in_any_other_mode_is_a_preempted_line(tiny_config, tmp_path, m
   """Every mode, not only training and the sweep: SIGINT in --mode=sample raises Preempted (exit status 130) with
   one line; the previous handler comes back."""
   import signal
-  import sampling
+  import sample_lib
   from errors import Preempted
 
   def interrupted(config, workdir, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)
     pytest.fail('the signal did not stop the mode')
 
-  monkeypatch.setattr(sampling, 'sample', interrupted)
+  monkeypatch.setattr(sample_lib, 'sample', interrupted)
   before = signal.getsignal(signal.SIGINT)
   with pytest.raises(Preempted) as err:
     main.run_mode('sample', tiny_config, str(tmp_path / 'w'), sample_out=None)

@@ -92,7 +92,7 @@ def test_convergence_order_on_gaussian_data(method, order):
   """Against the exact ODE solution of Gaussian data the error falls as n^-order: DDIM first order,
   DPM-Solver++(2M) second (its paper), UniPC (UniP-2 + UniC) third (UniC raises the order by one)."""
   ns = (40, 80, 160)
-  errs = [gaussian.ode_error(samplers.SAMPLERS[method], SCHED, n) for n in ns]
+  errs = [gaussian.ode_error(samplers.get_sampler(method), SCHED, n) for n in ns]
   slope = -np.polyfit(np.log(ns), np.log(errs), 1)[0]
   assert abs(slope - order) < 0.35, f'{method}: errors {errs}, measured order {slope:.2f}'
 
