@@ -133,8 +133,7 @@ def run_cell(config, cell, ctx):
   scores = evaluation.score_images(images, ctx.inception, ctx.ref, config, ctx.device)
   extra = dict(t_start=t_start, tc_rule='auto', auto_tc=auto) if auto else {}
   return dict(cell, nfe=plan.nfe, timesteps=list(plan.timesteps), signature=cell_signature(config, cell, ctx), **extra,
-              checkpoint_step=int(ctx.step), precision=ctx.precision, weights_sha256=ctx.weights_sha256,
-              samples=os.path.relpath(path, ctx.outdir),
+              checkpoint_step=int(ctx.step), precision=ctx.precision, samples=os.path.relpath(path, ctx.outdir),
               seconds=round(time.time() - t0, 1), **scores)
 
 

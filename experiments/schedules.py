@@ -12,6 +12,7 @@ import csv
 
 import io_util
 import samplers
+from experiments import tables
 
 
 def read(path):
@@ -22,12 +23,6 @@ def read(path):
     r.update(num_steps=int(r['num_steps']), nfe=int(r['nfe']), fid=float(r['fid']), kid=float(r['kid']),
              kid_std=float(r['kid_std']))
   return rows
-
-
-def gap(vanilla, gls):
-  """(KID vanilla - KID gls) / root sum of squares of their standard errors; nan when both are 0."""
-  se = (vanilla['kid_std'] ** 2 + gls['kid_std'] ** 2) ** 0.5
-  return (vanilla['kid'] - gls['kid']) / se if se > 0 else float('nan')
 
 
 def answer_rows(rows):
@@ -47,7 +42,7 @@ def answer_rows(rows):
       gv = [r['fid'] for r in vanilla if r['grid'] == grid]
       gg = [r['fid'] for r in gls if r['grid'] == grid]
       per_grid[grid] = (gv[0] if gv else float('nan'), min(gg) if gg else float('nan'))
-    out.append((method, n, v, g, gap(v, g), per_grid))
+    out.append((method, n, v, g, tables.kid_gap(v, g), per_grid))
   return out
 
 
