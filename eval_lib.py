@@ -78,8 +78,9 @@ def fid_stats(config, workdir=None):
 
 
 def sweep_cells(config):
-  """The cells of the sweep: dicts with method, num_steps, init, t_start, grid and a unique key: every grid x method
-  x n (restricted to the 'method:n' pairs of eval.cells when it is not empty) x {vanilla, gls at each t_c}."""
+  """The cells of the sweep, as sampling.RunSpecs (``spec.key`` names each): every grid x method x n (restricted to
+  the 'method:n' pairs of eval.cells when it is not empty) x {vanilla, gls at each t_c}. The edge of the sweep: the
+  only place its runs are read from the config."""
   T, e = config.model.num_scales, config.eval
   cells = []
   only = {tuple(c.split(':')) for c in e.cells}  # eval.cells restricts the methods x num_steps product
@@ -89,52 +90,51 @@ def sweep_cells(config):
         if only and (method, str(n)) not in only:
           continue
         starts = [('normal', T - 1)] + [('gls', t) for t in e.t_starts if t == 'auto' or n <= t + 1]
-        for init, t_start in starts:
-          cells.append(dict(method=method, num_steps=n, init=init, t_start=t_start, grid=grid,
-                            key=f'{method}_n{n}_{init}_tc{t_start}_{grid}'))
+        cells += [sampling.RunSpec.from_config(config.sampling, method=method, num_steps=n, init=init,
+                                               t_start=t_start, grid=grid) for init, t_start in starts]
   return cells
 
 
 def cell_signature(config, cell, ctx):
-  """Everything besides the cell key that changes a cell's numbers; a stored cell with another one is stale."""
+  """Everything besides the cell key (``cell``: a RunSpec) that changes a cell's numbers; a stored cell with another
+  one is stale."""
   s = config.sampling
   sig = dict(checkpoint_step=int(ctx.step), num_samples=int(config.eval.num_samples), seed=int(config.seed),
-             stats_sha256=ctx.stats_sha256, options=sampling.sampler_options(cell['method'], s),
-             kid_subset_size=int(config.eval.kid_subset_size))
+             stats_sha256=ctx.stats_sha256, options=cell.kwargs, kid_subset_size=int(config.eval.kid_subset_size))
   if ctx.weights_sha256:
     sig.update(weights_sha256=ctx.weights_sha256)
   if ctx.precision != 'fp32':  # fp32 cells written before the precision was recorded stay valid
     sig.update(precision=ctx.precision)
-  if cell['init'] == 'gls':
+  if cell.init == 'gls':
     sig.update(gls_fit=s.gls_fit, gls_rank=int(s.gls_rank), gls_dtype=s.gls_dtype,
                moments_sha256=ctx.moments_sha256)
-  if cell['t_start'] == 'auto':
+  if cell.t_start == 'auto':
     sig.update(auto_tc_samples=int(s.auto_tc_samples), auto_tc_stride=int(s.auto_tc_stride))
   return sig
 
 
 def run_cell(config, cell, ctx):
-  """Samples one cell, saves its samples and returns its FID/KID record against the reference stats."""
+  """Samples one cell (a RunSpec), saves its samples and returns its FID/KID record against the reference stats."""
   t0 = time.time()
   schedule, e = ctx.schedule, config.eval
-  t_start, auto = cell['t_start'], {}
-  if t_start == 'auto':  # the rule's choice for this (sampler, n); its cost is part of the cell's seconds
-    auto = sampling.choose_t_start(config, schedule, ctx.eps_fn, cell['method'], cell['num_steps'], cell['grid'],
-                                   moments=ctx.moments, cache=ctx.initialisers, device=ctx.device)
-    t_start = auto['t_start']
-  plan = sampling.sampling_plan(config, schedule, cell['method'], cell['num_steps'], cell['init'], t_start,
-                                cell['grid'], moments=ctx.moments, cache=ctx.initialisers)
+  spec, auto = cell, {}
+  if cell.t_start == 'auto':  # the rule's choice for this (sampler, n); its cost is part of the cell's seconds
+    auto = late_start.choose_t_start(config, schedule, ctx.eps_fn, cell, moments=ctx.moments, cache=ctx.initialisers,
+                                     device=ctx.device)
+    spec = cell.replace(t_start=auto['t_start'])
+  plan = sampling.sampling_plan(spec, schedule, ctx.make_initialiser)
   images = sampling.generate(ctx.eps_fn, schedule, plan, e.num_samples, e.batch_size, config.seed, ctx.device,
-                             ctx.inverse, desc=cell['key'])
+                             ctx.inverse, desc=cell.key)
   if not dist_util.is_main():  # under torchrun the ranks share the sampling; rank 0 scores and writes
     return None
-  path = os.path.join(ctx.outdir, 'samples', cell['key'] + '.npz')
+  path = os.path.join(ctx.outdir, 'samples', cell.key + '.npz')
   io_util.save_npz(path, samples=images, timesteps=np.asarray(plan.timesteps))
   scores = evaluation.score_images(images, ctx.inception, ctx.ref, config, ctx.device)
-  extra = dict(t_start=t_start, tc_rule='auto', auto_tc=auto) if auto else {}
-  return dict(cell, nfe=plan.nfe, timesteps=list(plan.timesteps), signature=cell_signature(config, cell, ctx), **extra,
-              checkpoint_step=int(ctx.step), precision=ctx.precision, samples=os.path.relpath(path, ctx.outdir),
-              seconds=round(time.time() - t0, 1), **scores)
+  extra = dict(t_start=spec.t_start, tc_rule='auto', auto_tc=auto) if auto else {}
+  return dict(cell.record(), key=cell.key, nfe=plan.nfe, timesteps=list(plan.timesteps),
+              signature=cell_signature(config, cell, ctx), **extra, checkpoint_step=int(ctx.step),
+              precision=ctx.precision, samples=os.path.relpath(path, ctx.outdir), seconds=round(time.time() - t0, 1),
+              **scores)
 
 
 def floor_record(config, ctx):
@@ -160,6 +160,7 @@ class SweepContext:
   ref: dict              # the training statistics (evaluation.load_stats)
   moments: Optional[dict]  # the late-start data moments (exact gls fit), or None
   initialisers: dict     # cache: one eigendecomposition serves every t_c
+  make_initialiser: Callable  # (t_start, init) -> initialiser (late_start.initialiser_factory over the two above)
   outdir: str            # WORKDIR/eval
   stats_sha256: str      # of the statistics file, part of every cell's signature
   moments_sha256: str    # of the moments file ('' when there is none)
@@ -176,9 +177,11 @@ def sweep_context(config, workdir, needs_gls=True):
   moments_file = wd.moments_path(config)
   inception = (evaluation.load_inception(config.eval.inception_path, device, backend=config.eval.fid_backend)
                if dist_util.is_main() else None)
-  return SweepContext(device=device, eps_fn=eps_fn, step=step, schedule=sde_lib.DDPMSchedule.from_config(config),
+  schedule, cache = sde_lib.DDPMSchedule.from_config(config), {}
+  return SweepContext(device=device, eps_fn=eps_fn, step=step, schedule=schedule,
                       inverse=datasets.get_data_inverse_scaler(config), inception=inception, ref=ref, moments=moments,
-                      initialisers={}, outdir=wd.eval_dir(workdir), stats_sha256=io_util.file_sha256(wd.fid_stats_path(config)),
+                      initialisers=cache, make_initialiser=late_start.initialiser_factory(config, schedule, moments, cache),
+                      outdir=wd.eval_dir(workdir), stats_sha256=io_util.file_sha256(wd.fid_stats_path(config)),
                       moments_sha256=io_util.file_sha256(moments_file) if os.path.exists(moments_file) else '',
                       weights_sha256=_pretrained_sha256(config),
                       precision=mutils.resolve_precision(device, config.eval.precision))
@@ -196,30 +199,31 @@ def evaluate(config, workdir):
   plots and grids. Returns {key: record}."""
   dist_util.init()
   cells = sweep_cells(config)
-  T = config.model.num_scales
+  schedule = sde_lib.DDPMSchedule.from_config(config)
   for cell in cells:  # bad grids and starts fail before any sampling (gls is checked without fitting it)
-    sampling.check_plan(config, cell['method'], cell['num_steps'], cell['init'],
-                        T - 1 if cell['t_start'] == 'auto' else cell['t_start'], cell['grid'])
+    sampling.check_plan(cell.replace(t_start=schedule.T - 1) if cell.t_start == 'auto' else cell, schedule)
+  if any(c.init == 'gls' for c in cells):
+    late_start.check_moments_file(config, 'gls')
   outdir = wd.eval_dir(workdir)
   if dist_util.is_main():
     wd.ensure_writable(outdir, 'the eval output folder')
-  ctx = sweep_context(config, workdir, needs_gls=any(c['init'] == 'gls' for c in cells))
+  ctx = sweep_context(config, workdir, needs_gls=any(c.init == 'gls' for c in cells))
   results_path = os.path.join(outdir, 'results.json')
   results = io_util.load_json(results_path, {})  # damaged: set aside with a warning, every cell recomputed
-  todo = [c for c in cells if results.get(c['key'], {}).get('signature') != cell_signature(config, c, ctx)
-          or not samples_intact(results[c['key']], ctx.outdir)]
-  stale = [c['key'] for c in todo if c['key'] in results]
+  todo = [c for c in cells if results.get(c.key, {}).get('signature') != cell_signature(config, c, ctx)
+          or not samples_intact(results[c.key], ctx.outdir)]
+  stale = [c.key for c in todo if c.key in results]
   for c in cells:  # a reused cell of an older version: its signature matched, so it was sampled in ctx.precision
-    results.get(c['key'], {}).setdefault('precision', ctx.precision)
+    results.get(c.key, {}).setdefault('precision', ctx.precision)
   logging.info('eval: %d cells, %d done, %d to run (%d stale: %s), %d samples each, checkpoint step %d', len(cells),
                len(cells) - len(todo), len(todo), len(stale), stale[:4], config.eval.num_samples, ctx.step)
   for i, cell in enumerate(todo):
     record = run_cell(config, cell, ctx)
     if not dist_util.is_main():
       continue
-    results[cell['key']] = record
+    results[cell.key] = record
     io_util.save_json(results, results_path)  # after every cell, so a killed sweep resumes here
-    logging.info('[%d/%d] %s: FID %.2f KID %.4f +- %.4f (%.0fs)', i + 1, len(todo), cell['key'], record['fid'],
+    logging.info('[%d/%d] %s: FID %.2f KID %.4f +- %.4f (%.0fs)', i + 1, len(todo), cell.key, record['fid'],
                  record['kid'], record['kid_std'], record['seconds'])
   if not dist_util.is_main():
     return None
@@ -230,10 +234,10 @@ def evaluate(config, workdir):
     io_util.save_json(floor, floor_path)
     logging.info('floor (real held-out images): FID %.2f KID %.4f +- %.4f over %d images', floor['fid'], floor['kid'],
                  floor['kid_std'], floor['num_samples'])
-  done = [results[c['key']] for c in cells]
+  done = [results[c.key] for c in cells]
   table = (tables.write_tables(config, done, outdir, floor=floor) + tables.write_gain_table(config, done, outdir)
            + tables.write_auto_table(config, done, outdir))
-  tables.write_all_cells(checkpoint_cells(results, ctx), [c['key'] for c in cells], outdir)
+  tables.write_all_cells(checkpoint_cells(results, ctx), [c.key for c in cells], outdir)
   tables.plot_fid_vs_tc(config, done, outdir)
   tables.save_comparison_grids(done, outdir)
   print(table)

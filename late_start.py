@@ -1,18 +1,36 @@
 """The Gaussian late start of a config: its data moments (read, or computed in one streaming pass over the training
-split and cached) and the initialiser fitted to them (docs/late_start.md). samplers/initialisers.py holds the
-mathematics; this module feeds it the config's data."""
+split and cached), the initialiser fitted to them (docs/late_start.md) and the automatic choice of t_c. The
+mathematics lives in samplers/initialisers.py and samplers/auto_tc.py; this module feeds them the config's data,
+so that sampling.py plans runs without reading the config."""
 import logging
 import os
+import time
 
 import torch
 
 import datasets
 import dist_util
 import rng
+import sampling
 import workdir as wd
 from errors import InputError
 from moments import RunningMoments
-from samplers import initialisers, low_rank_fit
+import samplers
+from samplers import auto_tc, initialisers, low_rank_fit
+
+
+def initialiser_factory(config, schedule, moments=None, cache=None):
+  """make_initialiser(t_start, init) for sampling.sampling_plan: build_initialiser with this config's late-start
+  fit, the data moments when the caller holds them, and a cache kept across t_c values (see build_initialiser)."""
+  return lambda t_start, init: build_initialiser(config, schedule, t_start, init, moments, cache)
+
+
+def check_moments_file(config, init=None):
+  """Raises FileNotFoundError, before any work, when a gls run's sampling.moments_file does not exist."""
+  s = config.sampling
+  if (init or s.init) == 'gls' and s.gls_fit == 'exact' and s.moments_file and not os.path.exists(s.moments_file):
+    raise FileNotFoundError(f'late-start moments file {s.moments_file} (sampling.moments_file) not found; write it '
+                            'with --mode=gauss_stats or point sampling.moments_file at an existing file')
 
 
 def build_initialiser(config, schedule, t_start, init=None, moments=None, cache=None):
@@ -80,3 +98,45 @@ def write_moments(config):
                               datasets.data_fingerprint(config, 'train'))
   dist_util.barrier()  # the file is there for every rank afterwards
   return moments
+
+
+def choose_t_start(config, schedule, eps_fn, spec, moments=None, cache=None, device='cpu'):
+  """t_c for ``spec`` (a sampling.RunSpec: its method, n, grid and options) from the two errors a late start
+  trades (samplers/auto_tc.py), without a sweep.
+
+  The late start's KL comes from the network's eps against the fitted Gaussian's on sampling.auto_tc_samples
+  training images (the split's first ones, one noise draw each from config.seed) at every candidate t_c (multiples
+  of sampling.auto_tc_stride, and T-1 = vanilla); the sampler's KL is exact on the fitted Gaussian. cache: a dict
+  kept across calls (the eps measurement and the gls fit are made once). Returns dict(t_start, late_start_kl,
+  solver_kl, total (each {t_c: nats}), proxy, network_calls, seconds): network_calls and seconds are the cost of
+  this call (0 calls where the measurement came from the cache).
+  """
+  t0, s, T = time.time(), config.sampling, config.model.num_scales
+  cache = {} if cache is None else cache
+  if s.gls_fit != 'exact' or s.gls_rank != 0:
+    raise InputError(f"sampling.t_start='auto' needs the full-covariance late start (sampling.gls_fit=exact, "
+                     f'sampling.gls_rank=0), not gls_fit={s.gls_fit} gls_rank={s.gls_rank}')
+  proxy = samplers.proxy(spec.method)
+  options = {} if proxy != spec.method else spec.kwargs
+  fit = build_initialiser(config, schedule, T - 1, 'gls', moments, cache)
+  calls = 0
+  if 'auto_tc_kl' not in cache:  # the network's part, shared by every (sampler, n)
+    x0 = next(iter(datasets.model_batches(config, batch_size=int(s.auto_tc_samples), progress=False)))
+    gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, 0))
+    times = auto_tc.candidates(T, 1, s.auto_tc_stride)
+    gaps = auto_tc.eps_gap(lambda x, t: eps_fn(x.to(device), t).cpu(), fit, schedule, x0, times, gen)
+    cache['auto_tc_kl'], calls = auto_tc.late_start_kl(schedule, gaps), len(x0) * len(times)
+  late = cache['auto_tc_kl']
+  sampler = samplers.get_sampler(proxy)
+  solver = {}
+  for t in auto_tc.candidates(T, spec.num_steps, s.auto_tc_stride):
+    run = spec.replace(method=proxy, options=options, init='normal' if t == T - 1 else 'gls', t_start=t)
+    timesteps = sampling.check_plan(run, schedule).timesteps
+    solver[t] = auto_tc.solver_kl(sampler, options, schedule, fit, timesteps, vanilla=t == T - 1)
+  total = {t: late[t] + solver[t] for t in solver}
+  t_c = auto_tc.choose(total)
+  logging.info('auto t_c for %s n=%d: %d (nats: %s)', spec.method, spec.num_steps, t_c,
+               ', '.join(f'{t}: {late[t]:.3g}+{solver[t]:.3g}' for t in solver))
+  return dict(t_start=int(t_c), late_start_kl={str(t): late[t] for t in solver},
+              solver_kl={str(t): v for t, v in solver.items()}, total={str(t): v for t, v in total.items()},
+              proxy=proxy, network_calls=int(calls), seconds=round(time.time() - t0, 2))

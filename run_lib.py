@@ -15,6 +15,7 @@ import dist_util
 import io_util
 import losses
 import rng
+import late_start
 import sampling
 from models import checkpoints
 import sde_lib
@@ -337,9 +338,10 @@ def snapshot_grid(config, workdir, model, ema, schedule, step, device):
   Under torchrun every rank calls it (the samples are shared over the ranks); rank 0 writes the PNG, the other
   ranks return None."""
   tc, T = config.training, config.model.num_scales
-  plan = sampling.sampling_plan(config, schedule, method=tc.snapshot_sampler,
-                                num_steps=min(tc.snapshot_num_steps, T), init='normal', t_start=T - 1,
-                                grid='uniform')
+  spec = sampling.RunSpec.from_config(config.sampling, method=tc.snapshot_sampler,
+                                      num_steps=min(tc.snapshot_num_steps, T), init='normal', t_start=T - 1,
+                                      grid='uniform')
+  plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
   images = sampling.generate(mutils.ema_eps_fn(model, ema), schedule, plan, tc.snapshot_num_samples,
                              tc.snapshot_num_samples, SNAPSHOT_SEED, device, datasets.get_data_inverse_scaler(config),
                              progress=False)

@@ -29,15 +29,17 @@ def sample(config, workdir, sample_out=None):
     wd.ensure_writable(folder, 'the sample output folder')
   from sde_lib import DDPMSchedule
   schedule = DDPMSchedule.from_config(config)
-  auto = s.t_start == 'auto'  # chosen below, once the model is loaded; the grid is checked at T-1 until then
-  sampling.check_plan(config, t_start=config.model.num_scales - 1 if auto else None)  # bad grids fail before any work
+  spec = sampling.RunSpec.from_config(s)  # the run, read from the config once
+  auto = spec.t_start == 'auto'  # chosen below, once the model is loaded; the grid is checked at T-1 until then
+  sampling.check_plan(spec.replace(t_start=schedule.T - 1) if auto else spec, schedule)  # bad grids fail first
+  late_start.check_moments_file(config)
   eps_fn, step = checkpoints.load_eps_fn(config, workdir, device)
   extra = {}
   if auto:
-    choice = sampling.choose_t_start(config, schedule, eps_fn, s.method, s.num_steps, device=device)
-    config = with_t_start(config, choice['t_start'])
+    choice = late_start.choose_t_start(config, schedule, eps_fn, spec, device=device)
+    config, spec = with_t_start(config, choice['t_start']), spec.replace(t_start=choice['t_start'])
     s, extra = config.sampling, {'auto_tc': json.dumps(choice)}
-  plan = sampling.sampling_plan(config, schedule)
+  plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
   path = sample_out or wd.sample_path(config, workdir, step, plan.options)  # the name holds the checkpoint's step
   images = sampling.generate(eps_fn, schedule, plan, s.num_samples, s.batch_size, config.seed, device,
                     datasets.get_data_inverse_scaler(config))

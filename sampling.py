@@ -1,6 +1,7 @@
-"""One home for planning and drawing samples: the sampling plan, the auto t_c choice and the sample loop. The
-weights come from models/checkpoints.py, the late start's moments and fit from late_start.py, and the sampling
-modes (--mode=sample, gauss_stats, export_diffusers) live in sample_lib.py.
+"""One home for planning and drawing samples: the run spec, the sampling plan and the sample loop. Nothing here
+reads the config: the edge (sample_lib, eval_lib, run_lib, experiments) reads ``config.sampling`` once into a
+``RunSpec`` and hands it down, with an initialiser factory from late_start.py (which also chooses t_c
+automatically). The weights come from models/checkpoints.py.
 
 A *plan* (``sampling_plan``) is everything a sampler run needs, built in one place so that the grid and the
 initial state can never disagree: the descending timesteps, the initialiser drawn at ``timesteps[0]``, the
@@ -13,22 +14,84 @@ DDIM's ``uniform`` and ``quad`` grids take t_start as the top of their range and
 first time, as DDIM does. A Gaussian late start is a state *at* t_c: when the grid does not start at t_start
 the plan is refused before any work, with a message that names the grid and both times.
 """
-import logging
-import os
-from typing import NamedTuple
+import dataclasses
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-import datasets
 import dist_util
 import io_util
-import late_start
 import rng
 import samplers
 from errors import InputError
-from samplers import auto_tc, get_sampler, grids, nfe as count_nfe
+from samplers import get_sampler, grids, initialisers, nfe as count_nfe
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One sampler run, as the config describes it (``from_config``); frozen, so a value has one source.
+
+  method: a samplers.SAMPLERS name. num_steps: grid points n >= 1. t_start: the grid's top (int in [0, T-1]) or
+  'auto' (the edge replaces it with late_start.choose_t_start's choice before planning). init: 'normal' (N(0, I))
+  or 'gls' (the Gaussian late start). grid: a samplers.grids kind. options: the sampler's keyword options as
+  sorted (name, value) pairs (a dict is accepted). timesteps: an explicit descending grid, which overrides grid,
+  num_steps and t_start (e.g. the SSB potentials' grid), or None.
+  """
+  method: str
+  num_steps: int
+  t_start: Union[int, str]
+  init: str = 'normal'
+  grid: str = 'late_start'
+  options: tuple = ()
+  timesteps: Optional[tuple] = None
+
+  def __post_init__(self):
+    opts = self.options.items() if isinstance(self.options, dict) else self.options
+    object.__setattr__(self, 'options', tuple(sorted((str(k), v) for k, v in opts)))
+    if self.timesteps is not None:
+      object.__setattr__(self, 'timesteps', tuple(int(t) for t in self.timesteps))
+      object.__setattr__(self, 'num_steps', len(self.timesteps))
+      object.__setattr__(self, 't_start', self.timesteps[0])
+    if self.t_start != 'auto':
+      object.__setattr__(self, 't_start', int(self.t_start))
+    object.__setattr__(self, 'num_steps', int(self.num_steps))
+    if self.init not in initialisers.INITS:
+      raise InputError(f'sampling.init={self.init!r} is unknown; choose one of {initialisers.INITS}')
+
+  @classmethod
+  def from_config(cls, sampling, **changes):
+    """The spec of ``config.sampling`` with ``changes`` (field=value) applied; the sampler's options are read from
+    ``sampling`` for the final method unless ``options`` is among the changes. The one place a run's settings
+    are read from the config."""
+    fields = dict(method=sampling.method, num_steps=sampling.num_steps, t_start=sampling.t_start,
+                  init=sampling.init, grid=sampling.grid)
+    fields.update(changes)
+    if fields.get('options') is None:
+      try:
+        fields['options'] = samplers.options(fields['method'], sampling)
+      except ValueError as err:  # an unknown method names sampling.method
+        raise InputError(str(err)) from err
+    return cls(**fields)
+
+  def replace(self, **changes):
+    """A copy with ``changes`` applied (options stay unless given)."""
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def kwargs(self):
+    """The sampler's keyword options as a dict."""
+    return dict(self.options)
+
+  @property
+  def key(self):
+    """The eval cell name, e.g. ``ddim_n10_gls_tc400_late_start``."""
+    return f'{self.method}_n{self.num_steps}_{self.init}_tc{self.t_start}_{self.grid}'
+
+  def record(self):
+    """The fields a results record keeps (json-ready)."""
+    return dict(method=self.method, num_steps=self.num_steps, init=self.init, t_start=self.t_start, grid=self.grid)
 
 
 class SamplingPlan(NamedTuple):
@@ -45,110 +108,42 @@ class SamplingPlan(NamedTuple):
     return self.timesteps[0]
 
 
-def sampler_options(method, sampling):
-  """Keyword options of a sampler from ``config.sampling`` (its record's rule: samplers.SAMPLERS)."""
-  return samplers.options(method, sampling)
+def sampling_plan(spec, schedule, make_initialiser):
+  """The plan of the run ``spec`` (a RunSpec) on ``schedule`` (sde_lib.DDPMSchedule).
 
-
-def sampling_plan(config, schedule, method=None, num_steps=None, init=None, t_start=None, grid=None,
-                  timesteps=None, moments=None, cache=None, options=None):
-  """The plan of one run; every argument left None comes from ``config.sampling``.
-
-  timesteps: an explicit descending grid (overrides grid/num_steps/t_start; e.g. the potentials' grid).
-  options: the sampler's keyword options (eta, pndm variant) when the caller fixes them, instead of
-  sampler_options(method, config.sampling); the plan's NFE is counted with them.
-  moments: the late-start data moments when the caller already holds them; cache: a dict kept across calls so
-  that one eigendecomposition serves every t_c (exact gls fit only).
-  Raises InputError before any work for an impossible grid or a gls start that is not the grid's first time.
+  make_initialiser(t_start, init) -> the initialiser at t_start (late_start.initialiser_factory: the config's
+  late-start fit, its moments and cache). Raises InputError before any work for an impossible grid or a gls start
+  that is not the grid's first time.
   """
-  init = init or config.sampling.init
-  checked = check_plan(config, method, num_steps, init, t_start, grid, timesteps, options)
-  initialiser = late_start.build_initialiser(config, schedule, checked.t_start, init, moments, cache)
-  return SamplingPlan(checked.method, checked.timesteps, initialiser, checked.sampler, checked.options, checked.nfe)
+  checked = check_plan(spec, schedule)
+  return checked._replace(initialiser=make_initialiser(checked.t_start, spec.init))
 
 
-def check_plan(config, method=None, num_steps=None, init=None, t_start=None, grid=None, timesteps=None,
-               options=None):
-  """Everything of ``sampling_plan`` except fitting the initialiser (which can be costly): the grid, the
-  start-time rule, the sampler and its NFE. Returns a SamplingPlan whose initialiser is None."""
-  s = config.sampling
-  method, init = method or s.method, init or s.init
-  t_start = s.t_start if t_start is None else int(t_start)
-  grid = grid or s.grid
-  timesteps_given = timesteps
+def check_plan(spec, schedule):
+  """Everything of ``sampling_plan`` except the initialiser (whose fit can be costly): the grid, the start-time
+  rule, the sampler and its NFE. Returns a SamplingPlan whose initialiser is None."""
+  if spec.t_start == 'auto':
+    raise InputError("t_start='auto' must be chosen (late_start.choose_t_start) before the run is planned")
+  T, timesteps = schedule.T, spec.timesteps
   try:
     if timesteps is None:
-      timesteps = grids.make_grid(grid, s.num_steps if num_steps is None else num_steps, t_start,
-                                  config.model.num_scales, betas=_config_betas(config, grid))
-      if init == 'gls' and timesteps[0] != t_start:
+      betas = schedule.beta.double().numpy() if spec.grid in grids.SCHEDULE_GRIDS else None
+      timesteps = grids.make_grid(spec.grid, spec.num_steps, spec.t_start, T, betas=betas)
+      if spec.init == 'gls' and timesteps[0] != spec.t_start:
         raise InputError(
-            f'sampling.grid={grid} with n={len(timesteps)} starts at t={timesteps[0]}, not at sampling.t_start='
-            f'{t_start}: a Gaussian late start is a state at t_start, so the first step must be there. Use '
+            f'sampling.grid={spec.grid} with n={len(timesteps)} starts at t={timesteps[0]}, not at sampling.t_start='
+            f'{spec.t_start}: a Gaussian late start is a state at t_start, so the first step must be there. Use '
             f'--config.sampling.grid=late_start (it starts at t_start), or set --config.sampling.t_start='
             f'{timesteps[0]}')
-    timesteps = tuple(grids.check_timesteps(timesteps, config.model.num_scales))
-    sampler = get_sampler(method)
-    if timesteps_given is None:
-      samplers.check_grid(method, grid)
-    options = sampler_options(method, s) if options is None else dict(options)
-    count = count_nfe(method, len(timesteps), **options)
+      samplers.check_grid(spec.method, spec.grid)
+    timesteps = tuple(grids.check_timesteps(timesteps, T))
+    sampler = get_sampler(spec.method)
+    count = count_nfe(spec.method, len(timesteps), **spec.kwargs)
   except InputError:
     raise
   except ValueError as err:  # grid and sampler checks name the config field
     raise InputError(str(err)) from err
-  if init == 'gls' and s.gls_fit == 'exact' and s.moments_file and not os.path.exists(s.moments_file):
-    raise FileNotFoundError(f'late-start moments file {s.moments_file} (sampling.moments_file) not found; write it '
-                            'with --mode=gauss_stats or point sampling.moments_file at an existing file')
-  return SamplingPlan(method, timesteps, None, sampler, options, count)
-
-
-def _config_betas(config, grid):
-  """The config's beta schedule for the grids placed by noise level (karras, logsnr), None for the others."""
-  if grid not in grids.SCHEDULE_GRIDS:
-    return None
-  from sde_lib import DDPMSchedule
-  return DDPMSchedule.from_config(config).beta.double().numpy()
-
-
-def choose_t_start(config, schedule, eps_fn, method, num_steps, grid=None, moments=None, cache=None, device='cpu'):
-  """t_c for (method, num_steps) from the two errors a late start trades (samplers/auto_tc.py), without a sweep.
-
-  The late start's KL comes from the network's eps against the fitted Gaussian's on sampling.auto_tc_samples
-  training images (the split's first ones, one noise draw each from config.seed) at every candidate t_c (multiples
-  of sampling.auto_tc_stride, and T-1 = vanilla); the sampler's KL is exact on the fitted Gaussian. cache: a dict
-  kept across calls (the eps measurement and the gls fit are made once). Returns dict(t_start, late_start_kl,
-  solver_kl, total (each {t_c: nats}), proxy, network_calls, seconds): network_calls and seconds are the cost of
-  this call (0 calls where the measurement came from the cache).
-  """
-  import time
-  t0, s, T = time.time(), config.sampling, config.model.num_scales
-  cache = {} if cache is None else cache
-  if s.gls_fit != 'exact' or s.gls_rank != 0:
-    raise InputError(f"sampling.t_start='auto' needs the full-covariance late start (sampling.gls_fit=exact, "
-                     f'sampling.gls_rank=0), not gls_fit={s.gls_fit} gls_rank={s.gls_rank}')
-  proxy = samplers.proxy(method)
-  options = {} if proxy != method else sampler_options(method, s)
-  fit = late_start.build_initialiser(config, schedule, T - 1, 'gls', moments, cache)
-  calls = 0
-  if 'auto_tc_kl' not in cache:  # the network's part, shared by every (sampler, n)
-    x0 = next(iter(datasets.model_batches(config, batch_size=int(s.auto_tc_samples), progress=False)))
-    gen = torch.Generator().manual_seed(rng.sample_seed(config.seed, 0))
-    times = auto_tc.candidates(T, 1, s.auto_tc_stride)
-    gaps = auto_tc.eps_gap(lambda x, t: eps_fn(x.to(device), t).cpu(), fit, schedule, x0, times, gen)
-    cache['auto_tc_kl'], calls = auto_tc.late_start_kl(schedule, gaps), len(x0) * len(times)
-  late = cache['auto_tc_kl']
-  sampler = get_sampler(proxy)
-  solver = {}
-  for t in auto_tc.candidates(T, num_steps, s.auto_tc_stride):
-    timesteps = check_plan(config, proxy, num_steps, 'normal' if t == T - 1 else 'gls', t, grid, options=options)
-    solver[t] = auto_tc.solver_kl(sampler, options, schedule, fit, timesteps.timesteps, vanilla=t == T - 1)
-  total = {t: late[t] + solver[t] for t in solver}
-  t_c = auto_tc.choose(total)
-  logging.info('auto t_c for %s n=%d: %d (nats: %s)', method, num_steps, t_c,
-               ', '.join(f'{t}: {late[t]:.3g}+{solver[t]:.3g}' for t in solver))
-  return dict(t_start=int(t_c), late_start_kl={str(t): late[t] for t in solver},
-              solver_kl={str(t): v for t, v in solver.items()}, total={str(t): v for t, v in total.items()},
-              proxy=proxy, network_calls=int(calls), seconds=round(time.time() - t0, 2))
+  return SamplingPlan(spec.method, timesteps, None, sampler, spec.kwargs, count)
 
 
 def generate(eps_fn, schedule, plan, num_samples, batch_size, seed, device, inverse_scaler, progress=True,

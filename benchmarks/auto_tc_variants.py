@@ -62,12 +62,13 @@ def choices(config, schedule, eps_fn, method, n, fit, late, phis):
   """{variant: t_c} for one (sampler, n); late: {'gap': {t: (D,)}, 'mse': {t: (D,)}} cumulative per direction."""
   T, s = config.model.num_scales, config.sampling
   proxy = samplers.proxy(method)
-  options = {} if proxy != method else sampling.sampler_options(method, s)
+  options = {} if proxy != method else samplers.options(method, s)
   sampler, lam = get_sampler(proxy), auto_tc._fit(fit)[1].clamp(min=auto_tc.noise_floor(schedule))
   totals = {'kl': {}, 'mse': {}, **{f'smooth({phi:g})': {} for phi in phis}}
   for t in auto_tc.candidates(T, n, s.auto_tc_stride):
-    grid = sampling.check_plan(config, proxy, n, 'normal' if t == T - 1 else 'gls', t, None,
-                               options=options).timesteps
+    spec = sampling.RunSpec.from_config(s, method=proxy, num_steps=n, init='normal' if t == T - 1 else 'gls',
+                                        t_start=t, options=options)
+    grid = sampling.check_plan(spec, schedule).timesteps
     kl = auto_tc.solver_kl(sampler, options, schedule, fit, grid, t == T - 1)
     totals['kl'][t] = float(late['gap'][t].sum()) + kl
     totals['mse'][t] = float(late['mse'][t].sum()) + kl

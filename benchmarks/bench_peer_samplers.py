@@ -2,8 +2,8 @@
 
 Both sides drive the same U-Net weights (models.utils.create_model, CIFAR-10 config; ``--smoke``: the digits
 config) through the same eps function (models.utils.ema_eps_fn, a plain callable eps(x, t)), from the same
-x_init, for the same n. Ours: the sampler of ``sampling.sampling_plan(config, schedule, method, n, 'normal',
-grid='uniform')``; diffusers: its pipeline loop ``for t in scheduler.timesteps: x = scheduler.step(eps(x, t),
+x_init, for the same n. Ours: the sampler of ``sampling.sampling_plan`` for ``RunSpec(method, n, ..., 'normal',
+'uniform')``; diffusers: its pipeline loop ``for t in scheduler.timesteps: x = scheduler.step(eps(x, t),
 t, x).prev_sample``. Pairs (docs/samplers.md; Liu et al. 2022, "Pseudo Numerical Methods for Diffusion Models
 on Manifolds"):
 
@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
+import late_start  # noqa: E402
 import rng  # noqa: E402
 import sampling  # noqa: E402
 from models import utils as mutils  # noqa: E402
@@ -108,7 +109,8 @@ def run_pair(pair, config, schedule, n, eps_fn, x_init, repeats):
   if variant is not None:
     config.sampling.pndm_variant = variant
   config.sampling.eta = 0.0
-  plan = sampling.sampling_plan(config, schedule, method, n, 'normal', grid='uniform')
+  spec = sampling.RunSpec.from_config(config.sampling, method=method, num_steps=n, init='normal', grid='uniform')
+  plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
   sched = diffusers_scheduler(sched_name, kwargs, schedule)
   runs = {'ours': lambda f: plan.sampler(f, schedule, x_init, plan.timesteps, **plan.options),
           'diffusers': lambda f: diffusers_loop(sched, n, f, x_init)}

@@ -49,6 +49,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
+import late_start  # noqa: E402
 import rng  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
@@ -89,8 +90,8 @@ class Recorder:
 
 def plan(config, schedule, method, n, options):
   T = config.model.num_scales
-  return sampling.sampling_plan(config, schedule, method, num_steps=n, init='normal', t_start=T - 1,
-                                grid='late_start', options=options)
+  spec = sampling.RunSpec(method, n, T - 1, 'normal', 'late_start', options)
+  return sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
 
 
 def fpndm_steps(eps_fn, schedule, grid, x_init=None, ref=None):

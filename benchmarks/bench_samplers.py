@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
+import late_start  # noqa: E402
 import sampling  # noqa: E402
 from configs.ddpm import cifar10  # noqa: E402
 from samplers.initialisers import GaussianLateStart  # noqa: E402
@@ -71,7 +72,9 @@ def bench_overhead(eps_fn, schedule, batch=4, num_steps=10, repeats=3):
     fwd.append(time.perf_counter() - t0)
   t_fwd = float(np.median(fwd))
   for name in ['ddim', 'pndm']:
-    plan = sampling.sampling_plan(config, schedule, name, num_steps, 'normal', 999, 'late_start')
+    spec = sampling.RunSpec.from_config(config.sampling, method=name, num_steps=num_steps, init='normal',
+                                        t_start=999, grid='late_start')
+    plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
     rows = []
     for _ in range(repeats):
       timed = Timed(eps_fn)

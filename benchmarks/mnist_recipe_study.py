@@ -30,6 +30,7 @@ import dist_util  # noqa: E402
 import eval_lib  # noqa: E402
 import evaluation  # noqa: E402
 import io_util  # noqa: E402
+import late_start  # noqa: E402
 import run_lib  # noqa: E402
 import sampling  # noqa: E402
 from models import checkpoints  # noqa: E402
@@ -77,8 +78,9 @@ def score_checkpoint(config, workdir, index, method, n, ctx, num_samples, precis
   config = config.copy_and_resolve_references()
   config.sampling.checkpoint, config.eval.precision = index, precision
   eps_fn, step = checkpoints.load_eps_fn(config, workdir, ctx['device'])
-  plan = sampling.sampling_plan(config, ctx['schedule'], method, n, 'normal', config.model.num_scales - 1,
-                                'late_start')
+  spec = sampling.RunSpec.from_config(config.sampling, method=method, num_steps=n, init='normal',
+                                      t_start=config.model.num_scales - 1, grid='late_start')
+  plan = sampling.sampling_plan(spec, ctx['schedule'], late_start.initialiser_factory(config, ctx['schedule']))
   images = sampling.generate(eps_fn, ctx['schedule'], plan, num_samples, config.eval.batch_size, config.seed,
                              ctx['device'], ctx['inverse'], desc=f'{method} n={n} step {step}')
   scores = evaluation.score_images(images, ctx['inception'], ctx['ref'], config, ctx['device'])

@@ -22,6 +22,7 @@ import torch
 import datasets
 import dist_util
 import io_util
+import late_start
 import sampling
 from models import checkpoints
 import sde_lib
@@ -165,8 +166,8 @@ def jacobian_rank(config, workdir):
     p.requires_grad_(False)
   model_eps = lambda x, t: model(x, torch.full((x.shape[0],), float(t), device=x.device))
   label, exact = _exact_denoiser(config, schedule, device)
-  plan = sampling.sampling_plan(config, schedule, 'ddim', a.jacobian_num_steps, 'normal', schedule.T - 1, 'uniform',
-                                options={'eta': 0.0})
+  spec = sampling.RunSpec('ddim', a.jacobian_num_steps, schedule.T - 1, 'normal', 'uniform', {'eta': 0.0})
+  plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
   with torch.no_grad():  # one batch holds every trajectory (model-space states at each grid time)
     traj = Trajectory()
     sampling.generate(model_eps, schedule, plan, a.jacobian_num_samples, a.jacobian_num_samples, config.seed,

@@ -26,6 +26,7 @@ import datasets
 import dist_util
 import io_util
 import run_lib
+import late_start
 import sampling
 from models import checkpoints
 import sde_lib
@@ -115,8 +116,8 @@ def deterministic_samples(eps_fn, config, schedule, device, num_samples, num_ste
   """DDIM (eta 0) or F-PNDM samples (N, C, H, W) in [0, 1] on DDIM's uniform grid below T-1, from the per-sample
   seeds 0..N-1 of config.seed: two calls with the same config.seed start from the same noise."""
   options = {'eta': 0.0} if method == 'ddim' else {'variant': 'f-pndm'}
-  plan = sampling.sampling_plan(config, schedule, method, num_steps, 'normal', schedule.T - 1, 'uniform',
-                                options=options)
+  spec = sampling.RunSpec(method, num_steps, schedule.T - 1, 'normal', 'uniform', options)
+  plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
   return sampling.generate(eps_fn, schedule, plan, num_samples, config.sampling.batch_size, config.seed, device,
                            datasets.get_data_inverse_scaler(config), progress=False)
 

@@ -43,7 +43,8 @@ def potentials(config, workdir):
   # DDIM's trajectory must visit every analysed time: the late-start grid plus those times, from N(0, I) at T-1.
   timesteps = sorted(set(np.linspace(0, T - 1, a.potential_steps).astype(int).tolist()) |
                      set(a.potential_times), reverse=True)
-  plan = sampling.sampling_plan(config, schedule, 'ddim', init='normal', timesteps=timesteps)
+  spec = sampling.RunSpec.from_config(config.sampling, method='ddim', init='normal', timesteps=timesteps)
+  plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
   traj = Trajectory()
   sampling.generate(eps_fn, schedule, plan, 2, 2, config.seed, device, datasets.get_data_inverse_scaler(config),
                     progress=False, callback=traj)
@@ -81,14 +82,16 @@ def late_start_curve(config, workdir):
                                          backend=config.eval.fid_backend)
   moments = late_start.late_start_moments(config) if 'gls' in a.late_start_inits else None
   path = os.path.join(outdir, 'late_start.json')
-  results, initialisers = io_util.load_json(path, {}), {}
+  results = io_util.load_json(path, {})
+  make_initialiser = late_start.initialiser_factory(config, schedule, moments, {})  # one fit serves every t
   for init in a.late_start_inits:
     for t in a.late_start_ts:
       key = f'{init}_t{t}'
       if results.get(key, {}).get('signature') == signature:
         continue  # done with the same checkpoint, sample count and seed
-      plan = sampling.sampling_plan(config, schedule, 'ddpm', t + 1, init, t, 'late_start', moments=moments,
-                                    cache=initialisers)  # every step t..0: the full ancestral chain
+      spec = sampling.RunSpec.from_config(config.sampling, method='ddpm', num_steps=t + 1, init=init, t_start=t,
+                                          grid='late_start')  # every step t..0: the full ancestral chain
+      plan = sampling.sampling_plan(spec, schedule, make_initialiser)
       images = sampling.generate(eps_fn, schedule, plan, a.late_start_samples, config.eval.batch_size, config.seed,
                                  device, datasets.get_data_inverse_scaler(config), desc=key)
       scores = evaluation.score_images(images, inception, ref, config, device)
@@ -163,8 +166,10 @@ def _diversity_cell(config, ctx, method, n, t_c):
   from analysis import diversity as div
   a, counts = config.analysis, {}
   for init, t_start in (('normal', ctx['schedule'].T - 1), ('gls', t_c)):
-    plan = sampling.sampling_plan(config, ctx['schedule'], method, n, init, t_start, 'late_start',
-                                  moments=ctx['moments'], cache=ctx['cache'])
+    spec = sampling.RunSpec.from_config(config.sampling, method=method, num_steps=n, init=init, t_start=t_start,
+                                        grid='late_start')
+    plan = sampling.sampling_plan(spec, ctx['schedule'], late_start.initialiser_factory(
+        config, ctx['schedule'], ctx['moments'], ctx['cache']))
     images = sampling.generate(ctx['eps_fn'], ctx['schedule'], plan, a.diversity_num_samples,
                                config.sampling.batch_size, config.seed, ctx['device'],
                                datasets.get_data_inverse_scaler(config), desc=f'{method} n={n} {init}')

@@ -11,8 +11,8 @@ LAYERS = [
     ('main', 7),
     ('eval_lib', 6), ('experiments', 6),
     ('run_lib', 5), ('sample_lib', 5),
-    ('sampling', 4),
-    ('analysis', 3), ('configs.validation', 3), ('late_start', 3),
+    ('late_start', 4),
+    ('analysis', 3), ('configs.validation', 3), ('sampling', 3),
     ('datasets', 2), ('evaluation', 2), ('fid_backend', 2),
     ('data_files', 1), ('inception_weights', 1), ('workdir', 1), ('dist_util', 1), ('configs', 1), ('models', 1),
     ('samplers', 1), ('losses', 1),
@@ -89,3 +89,12 @@ def test_the_mode_table_is_seen_as_imports():
   targets = {target.split(':')[0] for _, target, _ in main.MODES.values()}
   assert targets <= _imports(os.path.join(ROOT, 'main.py'), modules)
   assert {'run_lib', 'sample_lib', 'eval_lib', 'experiments.ssb', 'experiments.gen'} <= targets
+
+
+def test_the_planning_layer_reads_no_config():
+  """sampling.py plans from RunSpecs: none of its functions takes a config besides the spec's constructor, which
+  reads config.sampling at the edge (benchmarks/config_reads.py surveys the rest)."""
+  tree = ast.parse(open(os.path.join(ROOT, 'sampling.py')).read())
+  takes = [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+           and {a.arg for a in n.args.args} & {'config', 'sampling'}]
+  assert takes == ['from_config']

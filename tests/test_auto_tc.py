@@ -1,4 +1,4 @@
-"""The late-start time chosen without a sweep (samplers/auto_tc.py, sampling.choose_t_start): the rule's pieces, its
+"""The late-start time chosen without a sweep (samplers/auto_tc.py, late_start.choose_t_start): the rule's pieces, its
 behaviour on data whose score is known in closed form, and t_start='auto' in sample and eval mode."""
 import json
 import math
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import eval_lib
+import late_start
 import sampling
 import sample_lib
 import sde_lib
@@ -124,6 +125,34 @@ def test_solver_kl_equals_the_kl_of_the_sampler_run_on_many_gaussian_draws(metho
   assert kl > 0.1 and kl == pytest.approx(empirical, rel=0.05, abs=0.01), (kl, empirical)
 
 
+@pytest.mark.parametrize('shift', [0, 25, -25])
+def test_eps_gap_sees_a_network_whose_time_argument_is_shifted(shift):
+  """A network that is the exact Gaussian eps at time t + shift, on data drawn from that Gaussian: per eigendirection
+  x_t ~ N(sqrt(a_t) m, a_t lam + 1 - a_t) and eps_s(x) = c_s (x - sqrt(a_s) m), c_s = sqrt(1 - a_s) / (a_s lam + 1 -
+  a_s), so E||eps_{t+shift} - eps_t||^2 = sum (c_s - c_t)^2 (a_t lam + 1 - a_t) + (c_s (sqrt(a_t) - sqrt(a_s)) m)^2.
+  eps_gap must give it to Monte-Carlo error (rel 3% with 20,000 draws), and shift 0 must give 0: eps_gap calling
+  the network at t + 1 fails every case (tried)."""
+  mean, cov = _random_gaussian(3, dim=16, scale=2)
+  fit = _late_start(mean, cov, shape=(1, 4, 4))
+  _, lam, vecs = auto_tc._fit(fit)
+  m = vecs.T @ torch.as_tensor(mean)
+  count = 20000
+  chol = torch.linalg.cholesky(torch.as_tensor(cov))
+  x0 = (torch.as_tensor(mean) + torch.randn(count, 16, generator=torch.Generator().manual_seed(4),
+                                            dtype=torch.float64) @ chol.T).reshape(count, 1, 4, 4)
+  eps_fn = lambda x, t: auto_tc.gaussian_eps(fit, SCHEDULE, x, t + shift).reshape(x.shape)  # noqa: E731
+  times = (100, 400, 800)
+  gaps = auto_tc.eps_gap(eps_fn, fit, SCHEDULE, x0, times, torch.Generator().manual_seed(5))
+  for t in times:
+    a_t, a_s = float(SCHEDULE.alpha_bar(t)), float(SCHEDULE.alpha_bar(t + shift))
+    c_t, c_s = (math.sqrt(1 - a) / (a * lam + 1 - a) for a in (a_t, a_s))
+    want = float(((c_s - c_t) ** 2 * (a_t * lam + 1 - a_t) + (c_s * (math.sqrt(a_t) - math.sqrt(a_s)) * m) ** 2).sum())
+    if shift == 0:
+      assert gaps[t] < 1e-9, gaps
+    else:
+      assert gaps[t] == pytest.approx(want, rel=0.03), (t, gaps[t], want)
+
+
 def test_the_late_start_kl_of_per_direction_gaps_sums_to_the_kl_of_their_totals():
   """Tensor gaps (one per direction) give per-direction KLs, each t_c its own sum, adding up to the scalar rule's."""
   gen = torch.Generator().manual_seed(0)
@@ -145,6 +174,10 @@ def test_solver_kl_with_smoothing_is_smaller_and_zero_smoothing_is_the_rule():
   assert 0 < auto_tc.solver_kl(get_sampler('ddim'), {}, SCHEDULE, fit, timesteps, vanilla=True, phi=1.0) < rule
 
 
+def _spec(config, method, n):
+  return sampling.RunSpec.from_config(config.sampling, method=method, num_steps=n, init='gls', t_start='auto')
+
+
 def _config(tiny_config, samples=64, stride=100):
   tiny_config.sampling.auto_tc_samples = samples
   tiny_config.sampling.auto_tc_stride = stride
@@ -157,7 +190,8 @@ def test_on_gaussian_data_the_late_start_loses_nothing(tiny_config):
   fit = _late_start(mean, cov)
   eps_fn = lambda x, t: auto_tc.gaussian_eps(fit, SCHEDULE, x, t).reshape(x.shape).float()  # noqa: E731
   moments = {'mean': mean, 'cov': cov}
-  choice = sampling.choose_t_start(_config(tiny_config), SCHEDULE, eps_fn, 'ddim', 3, moments=moments)
+  choice = late_start.choose_t_start(_config(tiny_config), SCHEDULE, eps_fn, _spec(tiny_config, 'ddim', 3),
+                                     moments=moments)
   assert max(choice['late_start_kl'].values()) < 1e-6
   assert str(choice['t_start']) == min(choice['solver_kl'], key=choice['solver_kl'].get)
   assert choice['solver_kl']['999'] > 10 * choice['solver_kl'][str(choice['t_start'])]
@@ -192,11 +226,11 @@ def test_the_choice_is_deterministic_and_the_network_part_is_measured_once(tiny_
     calls.append(len(x))
     return auto_tc.gaussian_eps(fit, SCHEDULE, x, t).reshape(x.shape).float() * 1.1  # a deliberately wrong eps
   config, moments, cache = _config(tiny_config, samples=8), {'mean': mean, 'cov': cov}, {}
-  first = sampling.choose_t_start(config, SCHEDULE, eps_fn, 'ddim', 5, moments=moments, cache=cache)
+  first = late_start.choose_t_start(config, SCHEDULE, eps_fn, _spec(config, 'ddim', 5), moments=moments, cache=cache)
   assert first['network_calls'] == sum(calls) == 8 * 10  # 8 images at the 10 candidates of stride 100
-  again = sampling.choose_t_start(config, SCHEDULE, eps_fn, 'ddim', 5, moments=moments)  # a fresh cache
+  again = late_start.choose_t_start(config, SCHEDULE, eps_fn, _spec(config, 'ddim', 5), moments=moments)  # a fresh cache
   assert first['total'] == again['total'] and first['t_start'] == again['t_start']
-  ddpm = sampling.choose_t_start(config, SCHEDULE, eps_fn, 'ddpm', 5, moments=moments, cache=cache)
+  ddpm = late_start.choose_t_start(config, SCHEDULE, eps_fn, _spec(config, 'ddpm', 5), moments=moments, cache=cache)
   assert ddpm['network_calls'] == 0 and ddpm['proxy'] == 'ddim' and ddpm['total'] == first['total']
 
 
@@ -206,7 +240,7 @@ def test_a_rank_r_or_monte_carlo_fit_is_refused_in_one_line(tiny_config):
     config = _config(tiny_config.copy_and_resolve_references())
     config.sampling[field] = value
     with pytest.raises(InputError, match='full-covariance late start'):
-      sampling.choose_t_start(config, SCHEDULE, None, 'ddim', 3)
+      late_start.choose_t_start(config, SCHEDULE, None, _spec(config, 'ddim', 3))
 
 
 # ------------------------------------------------------------------------------------------ modes

@@ -34,6 +34,7 @@ SMOKE = {
     'bench_karras_rounding.py': (True, '| 5 | 999, 843, 593, 142, 0 |'),
     'bench_pndm_steps.py': (False, '| vanilla (from 999) | 10 | F-PNDM |'),
     'bench_gaussian_opt.py': (False, '| ddim | 3 | vanilla |'),
+    'config_reads.py': (False, '| sampling | 3 | 1 |'),
 }
 # Scripts without a --smoke flag yet (not run here); a new script must be added to one of the two lists.
 NO_SMOKE_YET = ()

@@ -261,7 +261,7 @@ def test_eval_cells_restricts_the_product_and_names_a_bad_entry():
   config.eval.methods, config.eval.num_steps, config.eval.t_starts = ('ddim', 'pndm'), (3, 5), (400,)
   config.eval.cells = ('ddim:5', 'pndm:3')
   validate_config(config)
-  assert [c['key'] for c in eval_lib.sweep_cells(config)] == [
+  assert [c.key for c in eval_lib.sweep_cells(config)] == [
       'ddim_n5_normal_tc999_late_start', 'ddim_n5_gls_tc400_late_start', 'pndm_n3_normal_tc999_late_start',
       'pndm_n3_gls_tc400_late_start']
   for bad in (('ddim:10',), ('unipc:3',), ('ddim3',)):

@@ -214,6 +214,7 @@ def test_a_diffusers_ddim_loop_equals_our_ddim_on_the_same_model_noise_and_grid(
 def test_the_late_start_in_a_diffusers_loop_equals_our_sampler(tmp_path):
   """samplers.diffusers_late_start.gls_sample with diffusers' DPM-Solver++ equals this code base's gls-DPM-Solver++
   run on the converted model, from the same moments, seeds and grid."""
+  import late_start
   import sampling
   import sde_lib
   from samplers import diffusers_late_start, initialisers
@@ -228,7 +229,9 @@ def test_the_late_start_in_a_diffusers_loop_equals_our_sampler(tmp_path):
                                                     algorithm_type='dpmsolver++', solver_order=2)
   theirs = diffusers_late_start.gls_sample(unet, scheduler, path, t_c=400, num_steps=5, num_samples=4, seed=7)
   schedule = sde_lib.DDPMSchedule()
-  plan = sampling.sampling_plan(config, schedule, 'dpmpp_2m', 5, 'gls', 400, 'late_start', moments=moments)
+  spec = sampling.RunSpec.from_config(config.sampling, method='dpmpp_2m', num_steps=5, init='gls', t_start=400,
+                                      grid='late_start')
+  plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule, moments))
   eps_fn = lambda y, t: model(y, torch.full((y.shape[0],), float(t)))
   import rng
   with torch.no_grad():  # what sampling.generate does, without its clipping to [0, 1]

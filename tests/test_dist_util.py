@@ -16,14 +16,15 @@ import sys
 import numpy as np
 import torch
 sys.path.insert(0, {root!r})
-import dist_util, sampling, sde_lib
+import dist_util, late_start, sampling, sde_lib
 from configs.ddpm import digits
 dist_util.init()
 config = digits.get_config()
 config.data.image_size = 4
 schedule = sde_lib.DDPMSchedule()
 eps_fn = lambda x, t: 0.1 * x  # any deterministic function works for the check
-plan = sampling.sampling_plan(config, schedule, 'ddpm', init='normal', timesteps=[999, 500, 0])
+spec = sampling.RunSpec.from_config(config.sampling, method='ddpm', init='normal', timesteps=[999, 500, 0])
+plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
 images = sampling.generate(eps_fn, schedule, plan, 7, 2, 3, torch.device('cpu'), lambda x: (x + 1) / 2,
                            progress=False)
 if dist_util.is_main():

@@ -40,7 +40,7 @@ def test_fid_stats_records_dataset_and_count(trained):
 def test_sweep_writes_tables_plots_grids_and_resumes(trained, monkeypatch):
   config, workdir, _ = trained
   results = eval_lib.evaluate(config, workdir)
-  keys = {c['key'] for c in eval_lib.sweep_cells(config)}
+  keys = {c.key for c in eval_lib.sweep_cells(config)}
   assert set(results) == keys and len(keys) == 4  # {ddim, pndm} x {vanilla, gls t_c=400}
   for r in results.values():
     assert r['num_samples'] == 8 and np.isfinite(r['fid']) and r['fid'] > 0 and r['checkpoint_step'] == 20
@@ -64,7 +64,7 @@ def test_sweep_writes_tables_plots_grids_and_resumes(trained, monkeypatch):
   # Resume: finished cells are not recomputed; a new t_c adds only its own cells.
   calls = []
   real_run_cell = eval_lib.run_cell
-  monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell['key']) or
+  monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell.key) or
                       real_run_cell(c, cell, ctx))
   monkeypatch.setattr(eval_lib, 'floor_record', lambda c, ctx: calls.append('floor'))
   eval_lib.evaluate(config, workdir)
@@ -91,7 +91,7 @@ def _fresh_copy(workdir, dest):
 
 def _counting(monkeypatch):
   calls, real_run_cell = [], eval_lib.run_cell
-  monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell['key']) or
+  monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell.key) or
                       real_run_cell(c, cell, ctx))
   return calls
 
@@ -168,7 +168,7 @@ def test_changed_cells_are_recomputed_not_reused(trained, monkeypatch):
   eval_lib.evaluate(config, workdir)
   calls = []
   real_run_cell = eval_lib.run_cell
-  monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell['key']) or
+  monkeypatch.setattr(eval_lib, 'run_cell', lambda c, cell, ctx: calls.append(cell.key) or
                       real_run_cell(c, cell, ctx))
   config.eval.num_samples = 6
   assert eval_lib.evaluate(config, workdir)['ddim_n3_normal_tc999_late_start']['num_samples'] == 6

@@ -139,7 +139,8 @@ def test_a_repeating_rule_is_refused_in_one_line_naming_num_steps(kind, n, t_sta
   config = digits.get_config()
   config.sampling.grid = kind
   with pytest.raises(InputError, match='sampling.num_steps'):  # the plan refuses it before any work
-    sampling.check_plan(config, 'ddim', n, 'normal', t_start)
+    sampling.check_plan(sampling.RunSpec.from_config(config.sampling, method='ddim', num_steps=n, init='normal',
+                                                     t_start=t_start), DDPMSchedule.from_config(config))
 
 
 @pytest.mark.parametrize('method', ['ddim', 'ddpm', 'dpmpp_2m', 'unipc', 'pndm'])
@@ -150,7 +151,8 @@ def test_every_sampler_builds_a_plan_on_the_new_grids(method, kind, init, t_star
   log-linear alpha_bar, docs/samplers.md), so it is defined on every grid."""
   config = digits.get_config()
   config.sampling.grid = kind
-  plan = sampling.check_plan(config, method, 10, init, t_start)
+  spec = sampling.RunSpec.from_config(config.sampling, method=method, num_steps=10, init=init, t_start=t_start)
+  plan = sampling.check_plan(spec, DDPMSchedule.from_config(config))
   assert plan.timesteps == grids.make_grid(kind, 10, t_start, T) and plan.timesteps[0] == t_start
   assert plan.nfe == samplers.nfe(method, 10, **plan.options)
 

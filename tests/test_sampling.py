@@ -19,6 +19,31 @@ from test_workdir import unwritable_folder  # noqa: F401 (a fixture)
 SCHEDULE = sde_lib.DDPMSchedule()
 
 
+def plan_of(config, moments=None, **changes):
+  """sampling_plan of config.sampling with ``changes`` (RunSpec fields), as the edge builds it."""
+  spec = sampling.RunSpec.from_config(config.sampling, **changes)
+  return sampling.sampling_plan(spec, SCHEDULE, late_start.initialiser_factory(config, SCHEDULE, moments))
+
+
+def test_a_run_spec_is_read_once_and_frozen(tiny_config):
+  tiny_config.sampling.method, tiny_config.sampling.eta, tiny_config.sampling.pndm_variant = 'ddim', 0.5, 'plms'
+  spec = sampling.RunSpec.from_config(tiny_config.sampling, num_steps=4, t_start=300, init='gls')
+  assert (spec.method, spec.num_steps, spec.t_start, spec.init, spec.kwargs) == ('ddim', 4, 300, 'gls', {'eta': 0.5})
+  assert spec.key == 'ddim_n4_gls_tc300_late_start'
+  with pytest.raises(Exception, match='cannot assign'):
+    spec.num_steps = 5
+  tiny_config.sampling.eta = 0.0  # a later change of the config does not reach a spec already built
+  assert spec.kwargs == {'eta': 0.5}
+  other = sampling.RunSpec.from_config(tiny_config.sampling, method='pndm')  # options follow the final method
+  assert other.kwargs == {'variant': 'plms'}
+  explicit = sampling.RunSpec('ddim', 99, 999, timesteps=[600, 300, 0])  # a given grid sets n and t_start
+  assert (explicit.num_steps, explicit.t_start) == (3, 600)
+  with pytest.raises(InputError, match='sampling.init'):
+    sampling.RunSpec('ddim', 3, 999, init='uniform')
+  with pytest.raises(InputError, match="t_start='auto' must be chosen"):
+    sampling.check_plan(spec.replace(t_start='auto'), SCHEDULE)
+
+
 @pytest.fixture
 def gaussian_moments(tiny_config):
   d = 64
@@ -36,13 +61,13 @@ def test_every_grid_and_init_starts_at_the_grids_first_time_or_is_refused(tiny_c
     expected = grids.make_grid(grid, num_steps, t_start, 1000)
   except ValueError as err:  # an impossible grid (duplicate times) is an input error before any work
     with pytest.raises(InputError, match=str(err)[:30].replace('(', '.').replace(')', '.')):
-      sampling.sampling_plan(tiny_config, SCHEDULE, 'ddim', num_steps, init, t_start, moments=gaussian_moments)
+      plan_of(tiny_config, gaussian_moments, method='ddim', num_steps=num_steps, init=init, t_start=t_start)
     return
   if init == 'gls' and expected[0] != t_start:
     with pytest.raises(InputError, match=f'sampling.grid={grid}.*starts at t={expected[0]}.*t_start={t_start}'):
-      sampling.sampling_plan(tiny_config, SCHEDULE, 'ddim', num_steps, init, t_start, moments=gaussian_moments)
+      plan_of(tiny_config, gaussian_moments, method='ddim', num_steps=num_steps, init=init, t_start=t_start)
     return
-  plan = sampling.sampling_plan(tiny_config, SCHEDULE, 'ddim', num_steps, init, t_start, moments=gaussian_moments)
+  plan = plan_of(tiny_config, gaussian_moments, method='ddim', num_steps=num_steps, init=init, t_start=t_start)
   assert plan.timesteps == expected and plan.initialiser.t_start == plan.timesteps[0] == plan.t_start
   if init == 'gls':  # the state is drawn with the noised moments of the grid's first time
     a = float(SCHEDULE.alpha_bar(plan.t_start))
@@ -54,7 +79,7 @@ def test_the_reported_bug_is_refused_with_a_message_naming_the_grid(tiny_config)
   tiny_config.sampling.method, tiny_config.sampling.num_steps = 'ddim', 3
   tiny_config.sampling.init, tiny_config.sampling.t_start, tiny_config.sampling.grid = 'gls', 200, 'uniform'
   with pytest.raises(InputError, match=r'sampling.grid=uniform with n=3 starts at t=134, not at sampling.t_start=200'):
-    sampling.sampling_plan(tiny_config, SCHEDULE)
+    plan_of(tiny_config)
 
 
 @pytest.mark.parametrize('method,variant,n,nfe', [('ddim', None, 5, 5), ('ddpm', None, 4, 4), ('pndm', 'f-pndm', 5, 14),
@@ -62,7 +87,7 @@ def test_the_reported_bug_is_refused_with_a_message_naming_the_grid(tiny_config)
 def test_plan_nfe_equals_the_network_calls_of_a_run(tiny_config, method, variant, n, nfe):
   if variant:
     tiny_config.sampling.pndm_variant = variant
-  plan = sampling.sampling_plan(tiny_config, SCHEDULE, method, n, 'normal', 999)
+  plan = plan_of(tiny_config, method=method, num_steps=n, init='normal', t_start=999)
   calls = []
 
   def eps_fn(x, t):
@@ -75,7 +100,8 @@ def test_plan_nfe_equals_the_network_calls_of_a_run(tiny_config, method, variant
 
 def test_options_given_to_the_plan_replace_the_configs_and_set_its_nfe(tiny_config):
   tiny_config.sampling.pndm_variant = 'plms'  # n + 1 calls; the caller asks for F-PNDM (n + 9) instead
-  plan = sampling.sampling_plan(tiny_config, SCHEDULE, 'pndm', 5, 'normal', 999, options={'variant': 'f-pndm'})
+  plan = plan_of(tiny_config, method='pndm', num_steps=5, init='normal', t_start=999,
+                 options={'variant': 'f-pndm'})
   calls = []
   sampling.generate(lambda x, t: calls.append(t) or 0.1 * x, SCHEDULE, plan, 2, 2, 0, 'cpu', lambda x: x,
                     progress=False)
@@ -83,7 +109,7 @@ def test_options_given_to_the_plan_replace_the_configs_and_set_its_nfe(tiny_conf
 
 
 def test_samples_do_not_depend_on_the_batch_size(tiny_config):
-  plan = sampling.sampling_plan(tiny_config, SCHEDULE, 'ddpm', 5, 'normal', 999)
+  plan = plan_of(tiny_config, method='ddpm', num_steps=5, init='normal', t_start=999)
   eps_fn = lambda x, t: 0.05 * x
   a = sampling.generate(eps_fn, SCHEDULE, plan, 7, 7, 3, 'cpu', lambda x: (x + 1) / 2, progress=False)
   b = sampling.generate(eps_fn, SCHEDULE, plan, 7, 2, 3, 'cpu', lambda x: (x + 1) / 2, progress=False)
@@ -92,9 +118,9 @@ def test_samples_do_not_depend_on_the_batch_size(tiny_config):
 
 def test_bad_grids_are_input_errors_before_any_work(tiny_config):
   with pytest.raises(InputError, match='num_steps = 20 exceeds t_start \\+ 1 = 11'):
-    sampling.sampling_plan(tiny_config, SCHEDULE, 'ddim', 20, 'normal', 10)
+    plan_of(tiny_config, method='ddim', num_steps=20, init='normal', t_start=10)
   with pytest.raises(InputError, match='unknown sampling.method'):
-    sampling.sampling_plan(tiny_config, SCHEDULE, 'euler', 5, 'normal', 999)
+    plan_of(tiny_config, method='euler', num_steps=5, init='normal', t_start=999)
 
 
 @pytest.fixture(scope='module')
@@ -127,7 +153,7 @@ def test_sample_names_differ_for_every_setting_that_changes_the_samples(tiny_con
   import workdir as wd
 
   def name(c, step=20):  # as --mode=sample names its file: with the plan's sampler options
-    return wd.sample_path(c, 'w', step, sampling.sampler_options(c.sampling.method, c.sampling))
+    return wd.sample_path(c, 'w', step, sampling.RunSpec.from_config(c.sampling).kwargs)
   base = name(tiny_config)
   changes = [('sampling.method', 'pndm'), ('sampling.eta', 0.5), ('sampling.init', 'gls'), ('eval.precision', 'bf16')]
   names = {base, name(tiny_config, 10)}
