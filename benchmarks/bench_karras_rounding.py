@@ -1,7 +1,7 @@
 """What rounding the Karras grid to integer timesteps costs: diffusers' Karras loop against our dpmpp_2m on
 samplers.grids.karras_grid (issue 34, item 2).
 
-  python benchmarks/bench_karras_rounding.py [--batch 16] [--smoke]
+  python benchmarks/bench_karras_rounding.py [--batch 16] [--smoke] [--fid_samples 500]
 
 diffusers' ``DPMSolverMultistepScheduler(use_karras_sigmas=True)`` (DPM-Solver++(2M), Lu et al. 2022) builds the
 rho = 7 sigmas of Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based Generative Models", Eq. 5)
@@ -17,6 +17,11 @@ function from the same start noise x_init ~ N(0, I) at t = 999. Two eps function
     float32 in ``step``), where the exact probability-flow solution from t = 999 to the data end is known: each
     loop's RMS error against it says which of the two conventions integrates the ODE better.
 
+(c) with --fid_samples N > 0: the shipped digits model (assets/models/digits, the UNet2DModel itself on both
+    sides, float32), N samples from the per-sample seeds of the main job (rng.per_sample_generators), each loop's
+    FID and KID against the digits training statistics (assets/stats, as the eval sweep scores a cell), and the
+    RMS difference of the samples in [0, 1].
+
 Columns: the grid; the largest relative shift of a sigma by the rounding, max |sigma_karras / sigma(round t) - 1|;
 max |diff| and RMS diff of the final samples, ours against diffusers' Karras loop, and ours against a control:
 diffusers' loop with its sigmas replaced by sigma(round t) of our table, which differs from ours only by float32
@@ -31,12 +36,16 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
+import datasets  # noqa: E402
+import evaluation  # noqa: E402
+import rng  # noqa: E402
 import samplers  # noqa: E402
 from analysis import gaussian  # noqa: E402
 from samplers import grids  # noqa: E402
 from sde_lib import DDPMSchedule  # noqa: E402
 
 T = 1000
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 
 
 def tiny_unet():
@@ -115,10 +124,34 @@ def table(schedule, eps, x_init, ns, dtype, exact=None):
     print('| ' + ' | '.join(cells) + ' |')
 
 
+def fid_table(schedule, ns, num_samples):
+  """(c): FID / KID of ours and of diffusers' Karras loop on the shipped digits model, same noise."""
+  from configs.ddpm import digits
+  from diffusers import UNet2DModel
+  config = digits.get_config()
+  model = UNet2DModel.from_pretrained(os.path.join(ROOT, 'assets', 'models', 'digits'), subfolder='unet').eval()
+  eps = unet_eps(model.requires_grad_(False))
+  config.sampling.stats_dir = os.path.join(ROOT, config.sampling.stats_dir)
+  ref, inception = evaluation.load_reference(config), evaluation.load_inception(backend=config.eval.fid_backend)
+  gens = rng.per_sample_generators(config.seed, range(num_samples))
+  x_init = torch.cat([torch.randn(1, 1, 8, 8, generator=g) for g in gens])
+  to_images = lambda x: datasets.get_data_inverse_scaler(config)(x).clamp(0, 1).float().numpy()  # noqa: E731
+  print('| n | loop | FID | KID | KID SE | RMS diff of images to ours |\n|---|---|---|---|---|---|')
+  for n in ns:
+    _, _, out = runs(schedule, eps, x_init, n, torch.float32)
+    images = {k: to_images(out[k]) for k in ('ours', 'diffusers', 'control')}
+    for name, x in images.items():
+      scores = evaluation.score_images(x, inception, ref, config, 'cpu')
+      rms = float(np.sqrt(((x - images['ours']) ** 2).mean()))
+      print(f"| {n} | {name} | {scores['fid']:.2f} | {scores['kid']:.4f} | {scores['kid_std']:.4f} | {rms:.2e} |")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch', type=int, default=16, help='samples per run')
   parser.add_argument('--smoke', action='store_true', help='n = 5, batch 2 (a run check)')
+  parser.add_argument('--fid_samples', type=int, default=0,
+                      help='(c): this many samples of the shipped digits model per loop, scored (0: skip)')
   args = parser.parse_args()
   torch.set_grad_enabled(False)
   import diffusers
@@ -133,6 +166,10 @@ def main():
   x_init = torch.randn(batch, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
   exact = gaussian.flow(mu, sigma, schedule)(x_init, T - 1, -1)
   table(schedule, gaussian_eps(mu, sigma, schedule), x_init, ns, torch.float64, exact)
+  if args.fid_samples:
+    print(f'\n(c) the shipped digits model, {args.fid_samples} samples per loop, FID / KID against the digits '
+          'training statistics:\n')
+    fid_table(schedule, ns[:2], args.fid_samples)
 
 
 if __name__ == '__main__':

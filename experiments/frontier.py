@@ -4,6 +4,9 @@ one panel per data set, read from committed results csv files (no numbers typed 
   python -m experiments.frontier [--out assets/headline.png] [--panel 'DIGITS=assets/digits/results_mainjob_all.csv']
       [--reference 'MNIST5K=assets/mnist5k/study/study.csv@30000'] [--md assets/headline.md]
 
+A panel's csv may end in '#GRID' to keep only that grid's cells (e.g. the schedules study's paper-grid cells,
+'DIGITS, paper grid=assets/digits/schedules/results_all.csv#late_start').
+
 Each panel reads one or more eval results_all.csv files (eval_lib: method, num_steps, init, t_start, nfe, fid, ...):
 per (sampler, n, start) the best FID over t_c (the paper's Table-1 rule), drawn against its NFE; dashed = vanilla
 (N(0, I) at T-1), solid = gls (best t_c). The thick grey lines are the frontier: the best vanilla and the best gls
@@ -36,6 +39,12 @@ def read_cells(path):
   return [dict(method=r['method'], n=int(r['num_steps']), init=r['init'], t_start=r['t_start'],
                grid=r.get('grid', 'late_start'), nfe=int(r['nfe']), fid=float(r['fid']),
                auto=r.get('tc_rule') == 'auto', precision=r.get('precision', 'unrecorded')) for r in rows]
+
+
+def _cells_of(spec):
+  """read_cells of 'path' or 'path#grid' (that grid's cells only)."""
+  path, _, grid = spec.partition('#')
+  return [c for c in read_cells(path) if not grid or c['grid'] == grid]
 
 
 def read_study_reference(path, step):
@@ -138,7 +147,7 @@ def load_panels(panel_args, reference_args):
   panels = {}
   for arg in panel_args:
     title, paths = arg.split('=', 1)
-    panels[title] = [c for p in paths.split(',') for c in read_cells(p)]
+    panels[title] = [c for p in paths.split(',') for c in _cells_of(p)]
   for arg in reference_args:
     title, spec = arg.split('=', 1)
     path, step = spec.rsplit('@', 1)
@@ -154,7 +163,7 @@ def main(argv=None):
   parser.add_argument('--out', default='assets/headline.png')
   parser.add_argument('--md', default='assets/headline.md', help='the frontier points as a markdown table')
   args = parser.parse_args(argv)
-  for path in [p for a in (args.panel or DEFAULT_PANELS) for p in a.split('=', 1)[1].split(',')]:
+  for path in [p.partition('#')[0] for a in (args.panel or DEFAULT_PANELS) for p in a.split('=', 1)[1].split(',')]:
     if not os.path.isfile(path):
       parser.error(f'{path} not found: run from the repository root or pass --panel')
   panels = load_panels(args.panel or DEFAULT_PANELS, args.reference or DEFAULT_REFERENCES)

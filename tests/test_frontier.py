@@ -34,6 +34,8 @@ def test_best_over_t_c_and_the_frontier(tmp_path):
   assert frontier.frontier(curves, 'gls') == [(3, 25.0, 'ddim'), (5, 22.0, 'ddim')]
   assert frontier.frontier(curves, 'normal') == [(3, 80.0, 'ddim')]
   assert frontier.references(cells) == [('DDIM, 100 steps', 20.0)]
+  [(_, paper)] = frontier.load_panels([f'paper grid={path}#late_start'], [])  # one grid of the file
+  assert {c['grid'] for c in paper} == {'late_start'} and len(paper) == len(cells) - 1
 
 
 def test_the_command_writes_the_figure_and_table(tmp_path):
