@@ -160,13 +160,15 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--panel', action='append', help=f'TITLE=csv[,csv] (default: {DEFAULT_PANELS})')
   parser.add_argument('--reference', action='append', help=f'TITLE=study.csv@STEP (default: {DEFAULT_REFERENCES})')
+  parser.add_argument('--no_references', action='store_true', help='no study.csv references (only the csv files)')
   parser.add_argument('--out', default='assets/headline.png')
   parser.add_argument('--md', default='assets/headline.md', help='the frontier points as a markdown table')
   args = parser.parse_args(argv)
   for path in [p.partition('#')[0] for a in (args.panel or DEFAULT_PANELS) for p in a.split('=', 1)[1].split(',')]:
     if not os.path.isfile(path):
       parser.error(f'{path} not found: run from the repository root or pass --panel')
-  panels = load_panels(args.panel or DEFAULT_PANELS, args.reference or DEFAULT_REFERENCES)
+  references = [] if args.no_references else args.reference or DEFAULT_REFERENCES
+  panels = load_panels(args.panel or DEFAULT_PANELS, references)
   plot(panels, args.out)
   table = markdown(panels)
   io_util.write_text(args.md, table)

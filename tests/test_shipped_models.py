@@ -46,6 +46,15 @@ def test_the_records_name_the_weights_sha256(name):
 
 
 @pytest.mark.parametrize('name', SHIPPED)
+def test_the_card_names_the_training_command_and_the_tables_that_exist(name):
+  card = open(os.path.join(MODELS, name, 'README.md')).read()
+  provenance = card.split('## Provenance', 1)[-1]
+  assert f'--config=configs/ddpm/{name}.py' in provenance and '--mode=export_diffusers' in provenance
+  paths = re.findall(r'`(assets/[^`]+)`', provenance)
+  assert paths and [p for p in paths if not os.path.exists(os.path.join(ROOT, p))] == []
+
+
+@pytest.mark.parametrize('name', SHIPPED)
 def test_diffusers_loads_it_and_its_ddim_loop_equals_ours(name):
   """UNet2DModel / DDPMPipeline.from_pretrained load the folder; diffusers' DDIMScheduler loop (eta 0, no clipping,
   alpha_bar(-1) = 1) and samplers.ddim on the model loaded through model.pretrained agree to float32 round-off."""
