@@ -27,6 +27,7 @@ import io_util
 import run_lib
 import sampling
 from models import checkpoints
+from samplers import grids
 import late_start
 import sample_lib
 import sde_lib
@@ -108,6 +109,8 @@ def cell_signature(config, cell, ctx):
   if cell.init == 'gls':
     sig.update(gls_fit=s.gls_fit, gls_rank=int(s.gls_rank), gls_dtype=s.gls_dtype,
                moments_sha256=ctx.moments_sha256)
+  if cell.grid in grids.DATA_GRIDS:  # its timesteps come from the data moments
+    sig.update(moments_sha256=ctx.moments_sha256)
   if cell.t_start == 'auto':
     sig.update(auto_tc_samples=int(s.auto_tc_samples), auto_tc_stride=int(s.auto_tc_stride))
   return sig
@@ -122,6 +125,7 @@ def run_cell(config, cell, ctx):
     auto = late_start.choose_t_start(config, schedule, ctx.eps_fn, cell, moments=ctx.moments, cache=ctx.initialisers,
                                      device=ctx.device)
     spec = cell.replace(t_start=auto['t_start'])
+  spec = late_start.resolve_grid(config, schedule, spec, ctx.moments, ctx.initialisers)  # gaussian_opt: from the data
   plan = sampling.sampling_plan(spec, schedule, ctx.make_initialiser)
   images = sampling.generate(ctx.eps_fn, schedule, plan, e.num_samples, e.batch_size, config.seed, ctx.device,
                              ctx.inverse, desc=cell.key)
@@ -168,11 +172,13 @@ class SweepContext:
   precision: str         # the U-Net's precision in sampling, resolved on this device: 'fp32' or 'bf16'
 
 
-def sweep_context(config, workdir, needs_gls=True):
-  """The SweepContext of ``workdir``: model, reference stats, Inception, late-start moments, the output folder."""
+def sweep_context(config, workdir, needs_gls=True, needs_data_grid=False):
+  """The SweepContext of ``workdir``: model, reference stats, Inception, late-start moments (for the exact gls fit
+  or a grid computed from the data), the output folder."""
   device = dist_util.get_device(config)
   ref = evaluation.load_reference(config)  # missing / mismatched statistics: a clear error before any sampling
-  moments = late_start.late_start_moments(config) if needs_gls and config.sampling.gls_fit == 'exact' else None
+  moments = (late_start.late_start_moments(config)
+             if needs_gls and config.sampling.gls_fit == 'exact' or needs_data_grid else None)
   eps_fn, step = checkpoints.load_eps_fn(config, workdir, device)
   moments_file = wd.moments_path(config)
   inception = (evaluation.load_inception(config.eval.inception_path, device, backend=config.eval.fid_backend)
@@ -201,13 +207,14 @@ def evaluate(config, workdir):
   cells = sweep_cells(config)
   schedule = sde_lib.DDPMSchedule.from_config(config)
   for cell in cells:  # bad grids and starts fail before any sampling (gls is checked without fitting it)
-    sampling.check_plan(cell.replace(t_start=schedule.T - 1) if cell.t_start == 'auto' else cell, schedule)
+    sampling.check_early(cell, schedule)
   if any(c.init == 'gls' for c in cells):
     late_start.check_moments_file(config, 'gls')
   outdir = wd.eval_dir(workdir)
   if dist_util.is_main():
     wd.ensure_writable(outdir, 'the eval output folder')
-  ctx = sweep_context(config, workdir, needs_gls=any(c.init == 'gls' for c in cells))
+  ctx = sweep_context(config, workdir, needs_gls=any(c.init == 'gls' for c in cells),
+                      needs_data_grid=any(c.grid in grids.DATA_GRIDS for c in cells))
   results_path = os.path.join(outdir, 'results.json')
   results = io_util.load_json(results_path, {})  # damaged: set aside with a warning, every cell recomputed
   todo = [c for c in cells if results.get(c.key, {}).get('signature') != cell_signature(config, c, ctx)

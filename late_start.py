@@ -16,7 +16,7 @@ import workdir as wd
 from errors import InputError
 from moments import RunningMoments
 import samplers
-from samplers import auto_tc, initialisers, low_rank_fit
+from samplers import auto_tc, gaussian_opt, grids, initialisers, low_rank_fit
 
 
 def initialiser_factory(config, schedule, moments=None, cache=None):
@@ -140,3 +140,32 @@ def choose_t_start(config, schedule, eps_fn, spec, moments=None, cache=None, dev
   return dict(t_start=int(t_c), late_start_kl={str(t): late[t] for t in solver},
               solver_kl={str(t): v for t, v in solver.items()}, total={str(t): v for t, v in total.items()},
               proxy=proxy, network_calls=int(calls), seconds=round(time.time() - t0, 2))
+
+
+def resolve_grid(config, schedule, spec, moments=None, cache=None):
+  """``spec`` with explicit timesteps when its grid is computed from the data (grids.DATA_GRIDS), else ``spec``.
+
+  gaussian_opt: the n timesteps from spec.t_start that minimise the squared W2 error of the sampler (its
+  deterministic proxy, samplers.SAMPLERS) on the data's fitted Gaussian (samplers/gaussian_opt.py), from pure noise
+  (init normal) or from the exact noised Gaussian at t_c (gls). moments: the late-start data moments when the caller
+  holds them (else read or computed, as late_start_moments); cache: a dict kept across cells (the eigenbasis is
+  computed once, each grid once).
+  """
+  if spec.grid not in grids.DATA_GRIDS or spec.timesteps is not None:
+    return spec
+  cache = {} if cache is None else cache
+  if 'gaussian_opt_basis' not in cache:
+    moments = moments if moments is not None else late_start_moments(config)
+    cache['gaussian_opt_basis'] = gaussian_opt.eigenbasis(moments['mean'], moments['cov'], schedule)
+  m, lam = cache['gaussian_opt_basis']
+  proxy = samplers.proxy(spec.method)
+  options = spec.kwargs if proxy == spec.method else {}
+  key = ('gaussian_opt', proxy, tuple(sorted(options.items())), spec.num_steps, spec.t_start, spec.init)
+  if key not in cache:
+    grid, error = gaussian_opt.optimise(samplers.get_sampler(proxy), options, schedule, m, lam, spec.num_steps,
+                                        spec.t_start, spec.init == 'normal', schedule.T,
+                                        schedule.beta.double().numpy())
+    logging.info('gaussian_opt grid for %s n=%d from t=%d (%s): %s, squared W2 %.4g', proxy, spec.num_steps,
+                 spec.t_start, spec.init, grid, error)
+    cache[key] = grid
+  return spec.replace(timesteps=cache[key])

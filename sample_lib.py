@@ -31,7 +31,7 @@ def sample(config, workdir, sample_out=None):
   schedule = DDPMSchedule.from_config(config)
   spec = sampling.RunSpec.from_config(s)  # the run, read from the config once
   auto = spec.t_start == 'auto'  # chosen below, once the model is loaded; the grid is checked at T-1 until then
-  sampling.check_plan(spec.replace(t_start=schedule.T - 1) if auto else spec, schedule)  # bad grids fail first
+  sampling.check_early(spec, schedule)  # bad grids fail before any work
   late_start.check_moments_file(config)
   eps_fn, step = checkpoints.load_eps_fn(config, workdir, device)
   extra = {}
@@ -39,6 +39,7 @@ def sample(config, workdir, sample_out=None):
     choice = late_start.choose_t_start(config, schedule, eps_fn, spec, device=device)
     config, spec = with_t_start(config, choice['t_start']), spec.replace(t_start=choice['t_start'])
     s, extra = config.sampling, {'auto_tc': json.dumps(choice)}
+  spec = late_start.resolve_grid(config, schedule, spec)  # gaussian_opt: its timesteps from the data moments
   plan = sampling.sampling_plan(spec, schedule, late_start.initialiser_factory(config, schedule))
   path = sample_out or wd.sample_path(config, workdir, step, plan.options)  # the name holds the checkpoint's step
   images = sampling.generate(eps_fn, schedule, plan, s.num_samples, s.batch_size, config.seed, device,

@@ -146,6 +146,15 @@ def check_plan(spec, schedule):
   return SamplingPlan(spec.method, timesteps, None, sampler, spec.kwargs, count)
 
 
+
+def check_early(spec, schedule):
+  """check_plan before the model is loaded: t_start 'auto' (chosen later) is checked at T-1, and a grid computed
+  from the data (grids.DATA_GRIDS, resolved later by late_start.resolve_grid) by the late_start grid's rules, which
+  it shares (n <= t_start + 1, first point at t_start)."""
+  if spec.t_start == 'auto':
+    spec = spec.replace(t_start=schedule.T - 1)
+  return check_plan(spec.replace(grid='late_start') if spec.grid in grids.DATA_GRIDS else spec, schedule)
+
 def generate(eps_fn, schedule, plan, num_samples, batch_size, seed, device, inverse_scaler, progress=True,
              desc='sample', callback=None):
   """Draws ``num_samples`` images with ``plan``; sample i uses generator sample_seed(seed, i) for its start and
@@ -180,5 +189,3 @@ def save_grid(images, path, nrow=None):
   nrow = nrow or int(np.ceil(np.sqrt(len(x))))
   return io_util.atomic_write(path, lambda f: torchvision.utils.save_image(x, f, format='png', nrow=nrow,
                                                                           padding=2, pad_value=1.0))
-
-

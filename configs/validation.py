@@ -11,7 +11,7 @@ from models.ddpm import check_model_config, num_groups
 from models.utils import PRECISIONS  # training.precision / eval.precision (models.utils.autocast)
 from samplers import SAMPLERS
 from samplers import low_rank_fit
-from samplers.grids import GRID_KINDS
+from samplers.grids import ALL_GRID_KINDS
 from samplers.initialisers import GLS_DTYPES, GLS_FITS, INITS
 from samplers.pndm import VARIANTS as PNDM_VARIANTS
 
@@ -99,7 +99,7 @@ def _validate_sampling(config):
   s, T = config.sampling, config.model.num_scales
   _choice(config, 'sampling.method', tuple(SAMPLERS))
   _choice(config, 'sampling.init', INITS)
-  _choice(config, 'sampling.grid', GRID_KINDS)
+  _choice(config, 'sampling.grid', ALL_GRID_KINDS)
   _choice(config, 'sampling.pndm_variant', PNDM_VARIANTS)
   _choice(config, 'sampling.gls_fit', GLS_FITS)
   _choice(config, 'sampling.gls_dtype', tuple(GLS_DTYPES))
@@ -153,7 +153,7 @@ def _validate_sampling(config):
            f"t_c 'auto' needs the full-covariance late start (sampling.gls_fit=exact, sampling.gls_rank=0; "
            f'gls_fit is {s.gls_fit})')
   for g in config.eval.grids:
-    _require(g in GRID_KINDS, 'eval.grids', tuple(config.eval.grids), f'{g!r} is not one of {GRID_KINDS}')
+    _require(g in ALL_GRID_KINDS, 'eval.grids', tuple(config.eval.grids), f'{g!r} is not one of {ALL_GRID_KINDS}')
   _require(len(config.eval.grids) >= 1, 'eval.grids', tuple(config.eval.grids), 'needs at least one grid')
   _require('auto' not in config.eval.t_starts or tuple(config.eval.grids) == ('late_start',), 'eval.t_starts',
            tuple(config.eval.t_starts), "'auto' needs eval.grids=('late_start',) (the grid its rule was built on)")

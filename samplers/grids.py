@@ -180,6 +180,10 @@ GRIDS = {
 }
 GRID_KINDS = tuple(GRIDS)
 SCHEDULE_GRIDS = ('karras', 'logsnr')  # the grids that depend on the betas (they take a ``betas`` keyword)
+# Grids computed from the data's moments (samplers/gaussian_opt.py), resolved to explicit timesteps at the edge
+# (late_start.resolve_grid) before a run is planned; make_grid cannot build them.
+DATA_GRIDS = ('gaussian_opt',)
+ALL_GRID_KINDS = GRID_KINDS + DATA_GRIDS  # what sampling.grid and eval.grids accept
 
 
 def make_grid(kind, num_steps, t_start=None, T=1000, betas=None):
@@ -187,8 +191,11 @@ def make_grid(kind, num_steps, t_start=None, T=1000, betas=None):
 
   betas: (T,) beta schedule for the SCHEDULE_GRIDS (None: the default linear betas); the other grids ignore it.
   """
+  if kind in DATA_GRIDS:
+    raise ValueError(f'sampling.grid={kind} is computed from the data moments: late_start.resolve_grid gives its '
+                     'timesteps')
   if kind not in GRIDS:
-    raise ValueError(f'unknown sampling.grid {kind!r}; choose one of {GRID_KINDS}')
+    raise ValueError(f'unknown sampling.grid {kind!r}; choose one of {ALL_GRID_KINDS}')
   if kind in SCHEDULE_GRIDS:
     return GRIDS[kind](num_steps, T, t_start, betas=betas)
   return GRIDS[kind](num_steps, T, t_start)

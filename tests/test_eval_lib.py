@@ -126,6 +126,24 @@ def test_eval_grids_sweeps_every_cell_on_each_grid(trained, tmp_path):
   assert results['ddim_n3_gls_tc400_karras']['timesteps'] != results['ddim_n3_gls_tc400_late_start']['timesteps']
 
 
+def test_the_gaussian_opt_grid_is_computed_from_the_moments_and_swept(trained, tmp_path):
+  import late_start
+  import sampling
+  import sde_lib
+  config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
+  config.eval.methods, config.eval.t_starts, config.eval.grids = ('ddim',), (400,), ('gaussian_opt',)
+  results = eval_lib.evaluate(config, _fresh_copy(workdir, tmp_path / 'run'))
+  schedule = sde_lib.DDPMSchedule.from_config(config)
+  for init, t_start in (('normal', 999), ('gls', 400)):  # the records hold the grid the closed-form search gives
+    spec = sampling.RunSpec.from_config(config.sampling, method='ddim', num_steps=3, init=init, t_start=t_start,
+                                        grid='gaussian_opt')
+    record = results[spec.key]
+    assert record['timesteps'] == list(late_start.resolve_grid(config, schedule, spec).timesteps)
+    assert record['timesteps'][0] == t_start and record['signature']['moments_sha256']
+  assert results['ddim_n3_normal_tc999_gaussian_opt']['timesteps'] != [999, 499, 0]
+
+
 @pytest.mark.parametrize('damage', ['results_json', 'floor_json', 'truncated_npz', 'short_npz'])
 def test_a_damaged_cache_is_set_aside_and_recomputed(trained, tmp_path, monkeypatch, caplog, damage):
   """A torn results.json / floor.json or a finished cell's damaged samples file is never trusted: it is renamed

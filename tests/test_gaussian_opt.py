@@ -56,3 +56,29 @@ def test_the_search_beats_the_library_grids_and_a_lattice(t_start, vanilla):
       assert err <= score(g) + 1e-12, kind
   lattice = [(t_start, a, b) for a, b in itertools.combinations(range(t_start - 1, -1, -25), 2)]
   assert err <= min(score(g) for g in lattice) * (1 + 1e-9)
+
+
+def test_resolve_grid_gives_the_search_s_grid_once_per_cell(tiny_config, monkeypatch):
+  """late_start.resolve_grid turns sampling.grid=gaussian_opt into the timesteps of gaussian_opt.optimise on the
+  data's eigenbasis (the sampler's deterministic proxy: DDIM for fast DDPM), computes each grid once per cache, and
+  leaves other grids alone; make_grid refuses the data grid in one line."""
+  import late_start
+  import numpy as np
+  import sampling
+  a = torch.randn(64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 8
+  moments = {'mean': np.zeros(64), 'cov': (a @ a.T + 0.05 * torch.eye(64, dtype=torch.float64)).numpy()}
+  calls = []
+  real = gaussian_opt.optimise
+  monkeypatch.setattr(gaussian_opt, 'optimise', lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+  spec = sampling.RunSpec.from_config(tiny_config.sampling, method='ddpm', num_steps=4, init='gls', t_start=300,
+                                      grid='gaussian_opt')
+  cache = {}
+  resolved = late_start.resolve_grid(tiny_config, SCHED, spec, moments, cache)
+  m, lam = gaussian_opt.eigenbasis(moments['mean'], moments['cov'], SCHED)
+  want, _ = real(get_sampler('ddim'), {}, SCHED, m, lam, 4, 300, False, 1000, SCHED.beta.double().numpy())
+  assert resolved.timesteps == want and resolved.key == spec.key and resolved.t_start == 300
+  assert late_start.resolve_grid(tiny_config, SCHED, spec, moments, cache) == resolved and len(calls) == 1
+  other = spec.replace(grid='karras')
+  assert late_start.resolve_grid(tiny_config, SCHED, other, moments, cache) is other
+  with pytest.raises(ValueError, match='gaussian_opt is computed from the data moments'):
+    grids.make_grid('gaussian_opt', 4, 300)
