@@ -208,12 +208,13 @@ def evaluate(config, workdir):
   schedule = sde_lib.DDPMSchedule.from_config(config)
   for cell in cells:  # bad grids and starts fail before any sampling (gls is checked without fitting it)
     sampling.check_early(cell, schedule)
-  if any(c.init == 'gls' for c in cells):
+  needs_gls = any(c.init == 'gls' for c in cells)
+  if needs_gls:
     late_start.check_moments_file(config, 'gls')
   outdir = wd.eval_dir(workdir)
   if dist_util.is_main():
     wd.ensure_writable(outdir, 'the eval output folder')
-  ctx = sweep_context(config, workdir, needs_gls=any(c.init == 'gls' for c in cells),
+  ctx = sweep_context(config, workdir, needs_gls=needs_gls,
                       needs_data_grid=any(c.grid in grids.DATA_GRIDS for c in cells))
   results_path = os.path.join(outdir, 'results.json')
   results = io_util.load_json(results_path, {})  # damaged: set aside with a warning, every cell recomputed

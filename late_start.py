@@ -100,6 +100,13 @@ def write_moments(config):
   return moments
 
 
+def _proxy(spec):
+  """(name, options) of the deterministic sampler that stands in for spec.method on the fitted Gaussian
+  (samplers.SAMPLERS' proxy): the spec's own options when it is the method itself, its defaults otherwise."""
+  proxy = samplers.proxy(spec.method)
+  return proxy, spec.kwargs if proxy == spec.method else {}
+
+
 def choose_t_start(config, schedule, eps_fn, spec, moments=None, cache=None, device='cpu'):
   """t_c for ``spec`` (a sampling.RunSpec: its method, n, grid and options) from the two errors a late start
   trades (samplers/auto_tc.py), without a sweep.
@@ -116,8 +123,7 @@ def choose_t_start(config, schedule, eps_fn, spec, moments=None, cache=None, dev
   if s.gls_fit != 'exact' or s.gls_rank != 0:
     raise InputError(f"sampling.t_start='auto' needs the full-covariance late start (sampling.gls_fit=exact, "
                      f'sampling.gls_rank=0), not gls_fit={s.gls_fit} gls_rank={s.gls_rank}')
-  proxy = samplers.proxy(spec.method)
-  options = {} if proxy != spec.method else spec.kwargs
+  proxy, options = _proxy(spec)
   fit = build_initialiser(config, schedule, T - 1, 'gls', moments, cache)
   calls = 0
   if 'auto_tc_kl' not in cache:  # the network's part, shared by every (sampler, n)
@@ -158,8 +164,7 @@ def resolve_grid(config, schedule, spec, moments=None, cache=None):
     moments = moments if moments is not None else late_start_moments(config)
     cache['gaussian_opt_basis'] = gaussian_opt.eigenbasis(moments['mean'], moments['cov'], schedule)
   m, lam = cache['gaussian_opt_basis']
-  proxy = samplers.proxy(spec.method)
-  options = spec.kwargs if proxy == spec.method else {}
+  proxy, options = _proxy(spec)
   key = ('gaussian_opt', proxy, tuple(sorted(options.items())), spec.num_steps, spec.t_start, spec.init)
   if key not in cache:
     grid, error = gaussian_opt.optimise(samplers.get_sampler(proxy), options, schedule, m, lam, spec.num_steps,
